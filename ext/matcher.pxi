@@ -1,0 +1,1 @@
+# The compiled matcher; see matcher notes in jitauth/reference.py.
