@@ -12,7 +12,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
 from jitauth.model import LicenseStatus
 
@@ -136,3 +136,154 @@ def decode_license(account_id: str, record: bytes) -> License:
         limits=limits,
         attributes=attributes,
     )
+
+
+_FIELDS = ("account", "plan", "status", "valid_from", "valid_until",
+           "entitlements", "limits", "attributes")
+_STATUSES = {s.name.lower(): s for s in LicenseStatus}
+
+
+def _timestamp_ms(value) -> int | None:
+    """An RFC 3339 timestamp with a zone, as ms since the epoch."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 timestamp or null")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("%r is not an RFC 3339 timestamp" % value) from None
+    if moment.tzinfo is None:
+        raise ValueError("%r has no time zone (add Z or +00:00)" % value)
+    return int(moment.timestamp() * 1000)
+
+
+def _attribute(value) -> str:
+    """Attributes are stored as the strings conditions compare with."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError("must be a string, number or boolean")
+
+
+def _license(obj, plans) -> License:
+    """Validate one decoded JSON line; raise (field, message) on error."""
+    if not isinstance(obj, dict):
+        raise _LineError("", "each line must be a JSON object")
+    for key in obj:
+        if key not in _FIELDS:
+            raise _LineError(key, "unknown field (expected one of: %s)"
+                             % ", ".join(_FIELDS))
+    for key in ("account", "plan"):
+        if not isinstance(obj.get(key), str) or not obj[key]:
+            raise _LineError(key, "must be a non-empty string")
+        if len(obj[key].encode()) > 256:
+            raise _LineError(key, "longer than 256 bytes")
+    if plans is not None and obj["plan"] not in plans:
+        raise _LineError("plan", "plan %r is not defined in the policy"
+                         % obj["plan"])
+
+    status = obj.get("status", "active")
+    if status not in _STATUSES:
+        raise _LineError("status", "must be one of: %s"
+                         % ", ".join(_STATUSES))
+
+    window = {}
+    for key in ("valid_from", "valid_until"):
+        try:
+            window[key] = _timestamp_ms(obj.get(key))
+        except ValueError as exc:
+            raise _LineError(key, str(exc)) from None
+    if (window["valid_from"] is not None and window["valid_until"] is not None
+            and window["valid_from"] >= window["valid_until"]):
+        raise _LineError("valid_until", "must be later than valid_from")
+
+    entitlements = obj.get("entitlements", [])
+    if not isinstance(entitlements, list) or not all(
+            isinstance(e, str) and e for e in entitlements):
+        raise _LineError("entitlements", "must be a list of names")
+
+    limits = obj.get("limits", {})
+    if not isinstance(limits, dict):
+        raise _LineError("limits", "must map limit names to numbers")
+    for name, value in limits.items():
+        if (not isinstance(value, int) or isinstance(value, bool)
+                or not 0 <= value < 2**63):
+            raise _LineError("limits.%s" % name, "must be a whole number "
+                             ">= 0")
+
+    attributes = obj.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise _LineError("attributes", "must be an object")
+    converted = {}
+    for key, value in attributes.items():
+        try:
+            converted[key] = _attribute(value)
+        except ValueError as exc:
+            raise _LineError("attributes.%s" % key, str(exc)) from None
+
+    return License(
+        account_id=obj["account"],
+        plan=obj["plan"],
+        status=_STATUSES[status],
+        valid_from_ms=window["valid_from"],
+        valid_until_ms=window["valid_until"],
+        entitlements=tuple(dict.fromkeys(entitlements)),
+        limits=limits,
+        attributes=converted,
+    )
+
+
+class _LineError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def read_licenses(path: str, plans=None):
+    """Yield ``(line, License)`` from a JSON Lines file, validating each.
+
+    ``plans``, when given, is the set of plan names the policy defines.
+    Raises ``jitauth.policy.SourceError`` naming the file, line and field of
+    the first problem; blank lines and lines starting with # are skipped.
+    """
+    from jitauth.policy import SourceError
+
+    seen = {}
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise SourceError(path, 0, "file", str(exc)) from None
+    with f:
+        number = 0
+        try:
+            for number, text in enumerate(f, 1):
+                if not text.strip() or text.lstrip().startswith("#"):
+                    continue
+                try:
+                    lic = _license(json.loads(text), plans)
+                    encode_license(lic)
+                except json.JSONDecodeError as exc:
+                    raise SourceError(path, number, "json", exc.msg) \
+                        from None
+                except _LineError as exc:
+                    raise SourceError(path, number, exc.field or "line",
+                                      str(exc)) from None
+                except ValueError as exc:
+                    raise SourceError(path, number, "line", str(exc)) \
+                        from None
+                if lic.account_id in seen:
+                    raise SourceError(path, number, "account",
+                                      "account %r is already licensed at "
+                                      "line %d" % (lic.account_id,
+                                                   seen[lic.account_id]))
+                seen[lic.account_id] = number
+                yield number, lic
+        except UnicodeDecodeError as exc:
+            raise SourceError(path, number + 1, "file",
+                              "not UTF-8: %s" % exc.reason) from None
