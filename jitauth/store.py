@@ -1,0 +1,74 @@
+"""The LMDB store: policy revisions, licenses and grants in one environment.
+
+Every worker process opens the same environment (after fork) and reads it
+through the memory map; LMDB serialises writers across processes, which is
+what makes grant issuing and seat counting atomic.  ``docs/internals.md``
+lists the sub-databases and their layouts.
+
+Durability: policy loads are flushed to disk before ``load`` returns.  Grant
+writes skip the fsync (``MDB_NOSYNC``): a crashed process loses nothing, an
+operating-system crash or power loss may lose the grants of the last moments
+(they then count as never issued: completing them answers NOT_FOUND).
+"""
+
+import json
+import os
+import struct
+
+from jitauth._core import Environment, StoreError
+
+DATABASES = ("meta", "revisions", "sources", "licenses", "grants", "seats",
+             "expiries")
+REVISION_KEY = b"revision"
+
+# XXX: the map size bounds the whole store (32 GiB of address space, not
+# of disk: the file grows as data arrives).  Raise it with JITAUTH_MAP_SIZE.
+DEFAULT_MAP_SIZE = 32 << 30
+
+_U64 = struct.Struct(">Q")
+
+
+def revision_key(revision: int) -> bytes:
+    return _U64.pack(revision)
+
+
+class Store:
+    """One open LMDB environment and the handles of its sub-databases."""
+
+    def __init__(self, data_dir: str, *, create: bool = False,
+                 readonly: bool = False):
+        if create:
+            os.makedirs(data_dir, exist_ok=True)
+        elif not os.path.exists(os.path.join(data_dir, "data.mdb")):
+            raise StoreError("no jitauth data in %s (run jitauth load "
+                             "first)" % data_dir)
+
+        map_size = int(os.environ.get("JITAUTH_MAP_SIZE", DEFAULT_MAP_SIZE))
+        self.env = Environment(data_dir, DATABASES, map_size=map_size,
+                               sync=False, readonly=readonly)
+        self.path = data_dir
+        self.meta = self.env.dbs["meta"]
+        self.revisions = self.env.dbs["revisions"]
+        self.sources = self.env.dbs["sources"]
+        self.licenses = self.env.dbs["licenses"]
+        self.grants = self.env.dbs["grants"]
+        self.seats = self.env.dbs["seats"]
+        self.expiries = self.env.dbs["expiries"]
+
+    def close(self) -> None:
+        self.env.close()
+
+    def current_revision(self, txn) -> int:
+        raw = txn.get(self.meta, REVISION_KEY)
+        return _U64.unpack(raw)[0] if raw else 0
+
+    def read_policy(self, txn, revision: int) -> dict:
+        raw = txn.get(self.revisions, revision_key(revision))
+        if raw is None:
+            raise StoreError("revision %d is missing from the store"
+                             % revision)
+        return json.loads(raw)
+
+    def revision_info(self, txn, revision: int) -> dict:
+        raw = txn.get(self.sources, revision_key(revision))
+        return json.loads(raw) if raw else {}
