@@ -1,0 +1,197 @@
+"""The policy compiler: the language, and an exact error for each mistake."""
+
+import textwrap
+
+import pytest
+
+from jitauth.policy import SourceError, compile_policy
+
+PLANS = """\
+plans:
+  basic:
+    entitlements: [reports.view]
+    limits: {exports.concurrent: 2}
+"""
+
+
+def compile_with_plans(text: str) -> dict:
+    return compile_policy("policy.yaml", PLANS + textwrap.dedent(text))
+
+
+def rule_error(rule: str) -> SourceError:
+    """Compile PLANS plus one rule; return the error it must raise."""
+    text = PLANS + "rules:\n" + textwrap.indent(textwrap.dedent(rule), "  ")
+    with pytest.raises(SourceError) as info:
+        compile_policy("policy.yaml", text)
+    return info.value
+
+
+def test_compiles_every_feature():
+    policy = compile_with_plans("""\
+        entitlements: [sso]
+        rules:
+          - id: export
+            effect: allow
+            actions: [reports.export, "admin.*"]
+            resource: {type: [report, dataset], id: "q3-*"}
+            roles: [analyst]
+            entitlement: reports.view
+            when:
+              - {attr: context.env, eq: prod}
+              - {attr: context.region, in: [eu, us]}
+              - {attr: subject.level, gte: 3}
+              - {attr: license.flag, ne: true}
+              - {attr: context.ip, cidr: ["10.0.0.0/8", "2001:db8::/32"]}
+              - {time: {from: "22:00", to: "06:00", days: [sat, sun],
+                        tz: Europe/Berlin}}
+            grant: {ttl: 90s, limit: exports.concurrent}
+          - id: deny-guests
+            effect: deny
+            action: "*"
+            roles: guest
+        """)
+
+    export, deny = policy["rules"]
+    assert export["actions"] == ["reports.export", "admin.*"]
+    assert export["resource_types"] == ["report", "dataset"]
+    assert export["resource_ids"] == ["q3-*"]
+    assert export["when"][2] == {"attr": "subject.level", "op": "gte",
+                                 "value": 3.0}
+    assert export["when"][3]["value"] == "true"
+    assert export["when"][5] == {"op": "time", "from": 1320, "to": 360,
+                                 "days": 0b1100000, "tz": 0}
+    assert export["ttl_ms"] == 90_000
+    assert export["limit"] == "exports.concurrent"
+    assert policy["timezones"] == ["Europe/Berlin"]
+    assert deny == {"id": "deny-guests", "effect": "deny", "actions": ["*"],
+                    "resource_types": ["*"], "resource_ids": ["*"],
+                    "roles": ["guest"], "entitlement": None, "when": [],
+                    "ttl_ms": 0, "limit": None}
+
+
+def test_allow_rules_default_to_a_minute():
+    policy = compile_with_plans("""\
+        rules:
+          - {id: r, effect: allow, action: reports.view}
+        """)
+    assert policy["rules"][0]["ttl_ms"] == 60_000
+
+
+@pytest.mark.parametrize("rule, line, field, words", [
+    ("- {effect: allow, action: a}", 6, "rules[0]", "needs an id"),
+    ("- {id: r, effect: permit, action: a}", 6, "rules[0].effect",
+     "allow or deny"),
+    ("- {id: r, effect: allow}", 6, "rules[0]", "exactly one of action"),
+    ("- {id: r, effect: allow, action: a.*.b}", 6, "rules[0].action",
+     "not an action pattern"),
+    ("- {id: r, effect: allow, action: a, resource: {id: 'x*y'}}", 6,
+     "rules[0].resource.id", "may only end"),
+    ("- {id: r, effect: allow, action: a, entitlement: nope}", 6,
+     "rules[0].entitlement", "not granted by any plan"),
+    ("- {id: r, effect: deny, action: a, entitlement: reports.view}", 6,
+     "rules[0].entitlement", "deny rules cannot"),
+    ("- {id: r, effect: deny, action: a, grant: {ttl: 5s}}", 6,
+     "rules[0].grant", "no grant"),
+    ("- {id: r, effect: allow, action: a, grant: {ttl: 2d}}", 6,
+     "rules[0].grant.ttl", "duration"),
+    ("- {id: r, effect: allow, action: a, grant: {ttl: 25h}}", 6,
+     "rules[0].grant.ttl", "between 1s and 24h"),
+    ("- {id: r, effect: allow, action: a, grant: {limit: seats}}", 6,
+     "rules[0].grant.limit", "not defined by any plan"),
+    ("- {id: r, effect: allow, action: a, colour: red}", 6,
+     "rules[0].colour", "unknown field"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {attr: context.ip, cidr: 10.0.0.1/8}
+     """, 10, "rules[0].when[0].cidr", "host bits set"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {attr: body.size, gt: 3}
+     """, 10, "rules[0].when[0].attr", "not an attribute"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {attr: subject.level, gt: "3"}
+     """, 10, "rules[0].when[0].gt", "must be a number"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {attr: subject.level, gt: 3, lt: 5}
+     """, 10, "rules[0].when[0]", "exactly one comparison"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {time: {from: "09:00", to: "09:00", tz: UTC}}
+     """, 10, "rules[0].when[0].time.to", "must differ"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {time: {from: "9am", to: "17:00", tz: UTC}}
+     """, 10, "rules[0].when[0].time.from", "HH:MM"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {time: {from: "09:00", to: "17:00", tz: Mars/Olympus}}
+     """, 10, "rules[0].when[0].time.tz", "not a known time zone"),
+    ("""\
+     - id: r
+       effect: allow
+       action: a
+       when:
+         - {time: {from: "09:00", to: "17:00", tz: UTC, days: [funday]}}
+     """, 10, "rules[0].when[0].time.days", "not a day"),
+    ("""\
+     - {id: r, effect: allow, action: a}
+     - {id: r, effect: deny, action: b}
+     """, 7, "rules[1].id", "already used at line 6"),
+])
+def test_rule_errors_name_line_and_field(rule, line, field, words):
+    error = rule_error(rule)
+
+    assert (error.path, error.line, error.field) == ("policy.yaml", line,
+                                                     field)
+    assert words in error.message
+    assert str(error).startswith("policy.yaml:%d: %s: " % (line, field))
+
+
+@pytest.mark.parametrize("text, line, field, words", [
+    ("", 1, "file", "empty"),
+    ("plans: [a, b\n", 2, "yaml", ""),
+    ("plans: {a: {}}\nplans: {b: {}}\nrules: []\n", 2, "yaml",
+     "duplicate key 'plans'"),
+    ("plans: {a: {}}\nrules: []\n", 2, "rules", "non-empty list"),
+    ("plans: {}\nrules: [{id: r, effect: allow, action: a}]\n", 1, "plans",
+     "must map plan names"),
+    ("plans: {a: {limits: {x: -1}}}\nrules: []\n", 1, "plans.a.limits.x",
+     "whole number"),
+    ("plans: {a: {}}\nrule: []\n", 2, "rule", "unknown field"),
+])
+def test_document_errors(text, line, field, words):
+    with pytest.raises(SourceError) as info:
+        compile_policy("p.yaml", text)
+
+    assert (info.value.line, info.value.field) == (line, field)
+    assert words in info.value.message
+
+
+def test_unreadable_file_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError) as info:
+        compile_policy(str(tmp_path / "missing.yaml"))
+
+    assert info.value.field == "file"
