@@ -1,0 +1,238 @@
+"""Between the wire and the domain: raw request bytes in, responses out.
+
+The server registers its methods with an identity request deserializer, so
+every request reaches :func:`parse_authorize` or :func:`parse_complete` as
+the bytes the client sent.  That lets the server check the request size
+before any parsing, and name the field that holds invalid UTF-8 (protobuf's
+own error does not say which).
+
+The request limits live in :mod:`jitauth.limits`: the whole request's size
+is checked here, before parsing; the fields are checked by the facade
+(``jitauth.authorizer.validate``) before any decision work.
+"""
+
+from google.protobuf.message import DecodeError
+
+from jitauth.limits import MAX_REQUEST_BYTES
+from jitauth.model import (
+    AuthorizeInput,
+    AuthorizeResult,
+    CompleteResult,
+    InvalidInput,
+    Outcome,
+)
+from jitauth.v1 import authorizer_pb2 as pb
+
+_OUTCOMES = {
+    pb.OUTCOME_UNSPECIFIED: Outcome.SUCCESS,
+    pb.OUTCOME_SUCCESS: Outcome.SUCCESS,
+    pb.OUTCOME_FAILURE: Outcome.FAILURE,
+    pb.OUTCOME_CANCELLED: Outcome.CANCELLED,
+}
+
+_ALLOW = pb.DECISION_ALLOW
+_DENY = pb.DECISION_DENY
+
+
+def parse_authorize(data: bytes) -> AuthorizeInput:
+    """Check and convert a serialized ``AuthorizeRequest``.
+
+    Raises :class:`InvalidInput` for an oversized request or one that is not
+    a valid message, naming the field with invalid UTF-8 if that is why.
+    """
+    msg = _parse(pb.AuthorizeRequest, data)
+
+    subject = msg.subject
+    resource = msg.resource
+    return AuthorizeInput(
+        account_id=msg.account_id,
+        subject_id=subject.id,
+        action=msg.action,
+        resource_type=resource.type,
+        resource_id=resource.id,
+        roles=tuple(subject.roles),
+        subject_attributes=dict(subject.attributes),
+        resource_attributes=dict(resource.attributes),
+        context=dict(msg.context),
+        request_id=msg.request_id,
+    )
+
+
+def parse_complete(data: bytes) -> tuple[str, Outcome]:
+    """Check and convert a serialized ``CompleteRequest``."""
+    msg = _parse(pb.CompleteRequest, data)
+
+    outcome = _OUTCOMES.get(msg.outcome)
+    if outcome is None:
+        raise InvalidInput("outcome", "unknown outcome %d" % msg.outcome)
+
+    return msg.grant_id, outcome
+
+
+def authorize_response(result: AuthorizeResult) -> pb.AuthorizeResponse:
+    resp = pb.AuthorizeResponse(
+        decision=_ALLOW if result.allowed else _DENY,
+        reason=int(result.reason),
+        message=result.message,
+        rule_id=result.rule_id,
+        revision=result.revision,
+        decision_id=result.decision_id,
+    )
+    if result.allowed and result.grant_id:
+        resp.grant.id = result.grant_id
+        resp.grant.expires_at.FromMilliseconds(result.expires_at_ms)
+    return resp
+
+
+def complete_response(result: CompleteResult) -> pb.CompleteResponse:
+    resp = pb.CompleteResponse(
+        grant_id=result.grant_id,
+        state=int(result.state),
+        already_ended=result.already,
+        outcome=int(result.outcome) if result.outcome is not None else 0,
+        account_id=result.account_id,
+        action=result.action,
+    )
+    for name, ms in (("issued_at", result.issued_at_ms),
+                     ("expires_at", result.expires_at_ms),
+                     ("ended_at", result.ended_at_ms)):
+        if ms:
+            getattr(resp, name).FromMilliseconds(ms)
+    return resp
+
+
+def _parse(cls, data: bytes):
+    if len(data) > MAX_REQUEST_BYTES:
+        raise InvalidInput("request",
+                           "larger than %d bytes" % MAX_REQUEST_BYTES)
+    try:
+        return cls.FromString(data)
+    except DecodeError:
+        path = find_invalid_utf8(cls.DESCRIPTOR, data)
+        if path is None:
+            raise InvalidInput("request", "not a valid %s message"
+                               % cls.DESCRIPTOR.name) from None
+        raise InvalidInput(path, "not valid UTF-8") from None
+
+
+def _quote(key: str) -> str:
+    return '"%s"' % key.replace("\\", "\\\\").replace('"', '\\"')
+
+
+# The wire walk below only runs after protobuf refused a message, so it
+# favours clarity over speed.
+
+_VARINT, _I64, _LEN, _SGROUP, _EGROUP, _I32 = range(6)
+
+
+def find_invalid_utf8(descriptor, data: bytes) -> str | None:
+    """The path of the first string field holding invalid UTF-8, or None.
+
+    Walks the protobuf wire format of ``data`` against ``descriptor``:
+    ``subject.id``, ``subject.roles[1]``, ``context["env"]`` for a value,
+    ``context`` for a map key.  Returns None when no such field is found
+    (the message is malformed in some other way).
+    """
+    try:
+        return _walk(descriptor, memoryview(data), "")
+    except _Malformed:
+        return None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise _Malformed()
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf):
+    """Yield ``(number, wire_type, payload)``; payload is a memoryview for
+    length-delimited fields and None otherwise."""
+    pos = 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        number, wire_type = tag >> 3, tag & 7
+        payload = None
+        if wire_type == _VARINT:
+            _, pos = _varint(buf, pos)
+        elif wire_type == _I64:
+            pos += 8
+        elif wire_type == _I32:
+            pos += 4
+        elif wire_type == _LEN:
+            size, pos = _varint(buf, pos)
+            payload = buf[pos:pos + size]
+            pos += size
+        else:
+            # Groups are not used by proto3 messages.
+            raise _Malformed()
+        if pos > len(buf):
+            raise _Malformed()
+        yield number, wire_type, payload
+
+
+def _valid_utf8(payload) -> bool:
+    try:
+        str(payload, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _walk(descriptor, buf, prefix: str) -> str | None:
+    counts: dict[int, int] = {}
+    for number, wire_type, payload in _fields(buf):
+        field = descriptor.fields_by_number.get(number)
+        if field is None or wire_type != _LEN:
+            continue
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        path = prefix + field.name
+        if field.type == field.TYPE_STRING:
+            if not _valid_utf8(payload):
+                if field.is_repeated:
+                    return "%s[%d]" % (path, index)
+                return path
+        elif field.type == field.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry.GetOptions().map_entry:
+                found = _walk_map_entry(entry, payload, path)
+            else:
+                found = _walk(entry, payload, path + ".")
+            if found is not None:
+                return found
+    return None
+
+
+def _walk_map_entry(entry, buf, path: str) -> str | None:
+    key = None
+    value_field = entry.fields_by_name["value"]
+    value = None
+    for number, wire_type, payload in _fields(buf):
+        if wire_type != _LEN:
+            continue
+        if number == 1:
+            if not _valid_utf8(payload):
+                return path
+            key = str(payload, "utf-8")
+        elif number == 2:
+            value = payload
+    if value is None:
+        return None
+    item = "%s[%s]" % (path, _quote(key or ""))
+    if value_field.type == value_field.TYPE_STRING:
+        return None if _valid_utf8(value) else item
+    if value_field.type == value_field.TYPE_MESSAGE:
+        return _walk(value_field.message_type, value, item + ".")
+    return None
