@@ -3,7 +3,7 @@
 Exit codes:
 
 - ``load``: 0 loaded (prints the new revision); 2 the files are invalid
-  (nothing was written); 1 any other failure.
+  or unreadable (nothing was written); 1 any other failure.
 - ``serve``: 0 after a clean shutdown (SIGTERM or SIGINT); 1 when workers
   kept crashing; 2 bad arguments or the address cannot be bound.
 - ``authorize``: 0 allowed; 1 denied; 2 bad arguments or an RPC error.
@@ -120,7 +120,7 @@ def _load(args) -> int:
 
     try:
         revision = load(args.data, args.policy, args.licenses)
-    except SourceError as exc:
+    except (SourceError, OSError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:

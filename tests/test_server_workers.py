@@ -111,9 +111,10 @@ def test_workers_share_one_port_and_stop_on_sigterm(tmp_path):
         grants = [client.Authorize(export_request(action="reports.view"),
                                    timeout=5).grant.id
                   for _, client in channels]
+        pairs = zip(channels, reversed(grants), strict=True)
         completed = [client.Complete(pb.CompleteRequest(grant_id=g),
                                      timeout=5).state
-                     for (_, client), g in zip(channels, reversed(grants))]
+                     for (_, client), g in pairs]
         for channel, _ in channels:
             channel.close()
 
