@@ -6,13 +6,17 @@ decision and, on allow, a grant.  The server, the CLI and the tests all go
 through it.
 """
 
+import hashlib
+import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from jitauth import grants
 from jitauth._core import Matcher, StoreError
 from jitauth.clock import tz_offsets
+from jitauth.licenses import decode_license
 from jitauth.limits import (
     MAX_ACTION_BYTES,
     MAX_ATTRIBUTES,
@@ -35,6 +39,79 @@ from jitauth.store import Store
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(slots=True)
+class QuotaUsage:
+    quota: str
+    period: str
+    period_start_ms: int
+    period_end_ms: int
+    consumed: int
+    reserved: int     # held by live grants, or by expired ones not settled
+    maximum: int
+
+
+@dataclass(slots=True)
+class AccountView:
+    account_id: str
+    license: object         # jitauth.licenses.License or None
+    live_grants: list
+    seats: dict             # limit name -> live grants holding a slot
+    quotas: list            # QuotaUsage of the current periods
+    now_ms: int
+
+
+def _fingerprint(q: AuthorizeInput) -> str:
+    """What makes two requests under one request id the same request."""
+    parts = (q.subject_id, sorted(q.roles), sorted(q.subject_attributes
+                                                   .items()),
+             q.action, q.resource_type, q.resource_id,
+             sorted(q.resource_attributes.items()), sorted(q.context.items()),
+             q.units)
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+
+def _fill_granted(result: AuthorizeResult, grant: grants.Grant) -> None:
+    result.grant_id = grant.id_hex
+    result.expires_at_ms = grant.expires_at_ms
+    result.units = grant.units
+
+
+def _answer_record(q: AuthorizeInput, result: AuthorizeResult) -> bytes:
+    return json.dumps({
+        "fingerprint": _fingerprint(q),
+        "decision_id": result.decision_id,
+        "revision": result.revision,
+        "rule_id": result.rule_id,
+        "grant_id": result.grant_id,
+        "expires_at_ms": result.expires_at_ms,
+        "units": result.units,
+    }).encode()
+
+
+def _stored_answer(raw, q: AuthorizeInput, now_ms: int):
+    """The first answer to ``q.request_id`` while its grant lives."""
+    if raw is None:
+        return None
+    stored = json.loads(raw)
+    if stored["expires_at_ms"] <= now_ms:
+        return None
+    if stored["fingerprint"] != _fingerprint(q):
+        raise InvalidInput("request_id", "was already used for a different "
+                           "request of this account")
+    return AuthorizeResult(
+        allowed=True, reason=Reason.ALLOWED_BY_RULE,
+        message="Allowed by rule %s (repeated request)." % stored["rule_id"],
+        decision_id=stored["decision_id"], revision=stored["revision"],
+        rule_id=stored["rule_id"], grant_id=stored["grant_id"],
+        expires_at_ms=stored["expires_at_ms"], units=stored["units"],
+        replayed=True)
+
+
+def _copy(source: AuthorizeResult, target: AuthorizeResult) -> None:
+    for name in AuthorizeResult.__slots__:
+        setattr(target, name, getattr(source, name))
+
 MATCHERS = ("compiled", "reference")
 
 _MESSAGES = {
@@ -51,6 +128,8 @@ _MESSAGES = {
     Reason.NO_MATCHING_RULE: "No rule allows {action} for this subject.",
     Reason.CONCURRENCY_LIMIT_REACHED: "All slots of limit {limit} of account "
                                       "{account} are in use.",
+    Reason.QUOTA_EXHAUSTED: "Quota {quota} of account {account} is used up "
+                            "for this period.",
 }
 
 # A revision can change between reading it and matching; retry this often.
@@ -92,6 +171,9 @@ def validate(q: AuthorizeInput) -> None:
     _attributes("subject.attributes", q.subject_attributes)
     _attributes("resource.attributes", q.resource_attributes)
     _attributes("context", q.context)
+    if not 0 <= q.units <= grants.MAX_UNITS:
+        raise InvalidInput("units", "must be between 0 and %d"
+                           % grants.MAX_UNITS)
 
 
 class Authorizer:
@@ -115,6 +197,7 @@ class Authorizer:
         self.clock = clock
         self._matcher = None
         self._policy = None
+        self._explainer = None
         try:
             self._refresh()
         except StoreError as exc:
@@ -184,11 +267,19 @@ class Authorizer:
             q.resource_attributes, q.context, now_ms, offsets)
 
     def authorize(self, q: AuthorizeInput) -> AuthorizeResult:
-        """Decide ``q`` now; on allow, issue a grant bound to it."""
+        """Decide ``q`` now; on allow, issue a grant bound to it.
+
+        With ``q.request_id``, a repeat of the same request while its grant
+        lives returns the first answer and reserves nothing more.
+        """
         validate(q)
         now_ms = self.clock()
 
         try:
+            if q.request_id and not q.dry_run:
+                replay = self._replay(q, now_ms)
+                if replay:
+                    return replay
             reason, index, limit_max = self._match(q, now_ms)
         except StoreError as exc:
             raise Unavailable(str(exc)) from exc
@@ -198,18 +289,28 @@ class Authorizer:
         result = AuthorizeResult(
             allowed=False, reason=reason, message="",
             decision_id=os.urandom(12).hex(), revision=self.revision,
-            rule_id=rule["id"] if rule else "")
+            rule_id=rule["id"] if rule else "", dry_run=q.dry_run)
 
         if reason == Reason.ALLOWED_BY_RULE:
             self._grant(q, rule, limit_max, now_ms, result)
+        if q.explain:
+            result.explanation = self._explain(q, now_ms, result, limit_max)
 
         result.message = _MESSAGES[result.reason].format(
             rule=result.rule_id, account=q.account_id, action=q.action,
-            limit=rule["limit"] if rule else "")
+            limit=rule["limit"] if rule else "",
+            quota=rule["quota"] if rule else "")
         return result
+
+    def _replay(self, q: AuthorizeInput, now_ms: int):
+        with self.store.env.begin() as txn:
+            raw = txn.get(self.store.requests,
+                          grants.request_key(q.account_id, q.request_id))
+        return _stored_answer(raw, q, now_ms)
 
     def _grant(self, q: AuthorizeInput, rule: dict, limit_max: int,
                now_ms: int, result: AuthorizeResult) -> None:
+        """Take the seat and the quota units, store the grant."""
         grant = grants.Grant(
             grant_id=grants.new_grant_id(),
             state=grants.GrantState.LIVE,
@@ -225,29 +326,153 @@ class Authorizer:
             resource_id=q.resource_id,
             rule_id=rule["id"],
             limit=rule["limit"] or "",
+            quota=rule["quota"] or "",
             request_id=q.request_id,
             decision_id=result.decision_id,
+            scope=grants.SCOPES.index(rule["scope"]),
+            units=(q.units or rule["units"]) if rule["quota"] else 0,
+            max_expires_at_ms=now_ms + rule["max_lifetime_ms"],
         )
+        period_end = 0
+        if grant.quota:
+            period = self._policy["quotas"][grant.quota]
+            grant.period_start_ms, period_end = grants.period_bounds(
+                period, now_ms)
+
         try:
-            with self.store.env.begin(write=True) as txn:
-                issued = grants.issue(self.store, txn, grant, limit_max)
+            with self.store.env.begin(write=not q.dry_run) as txn:
+                if q.request_id and not q.dry_run:
+                    key = grants.request_key(q.account_id, q.request_id)
+                    replay = _stored_answer(txn.get(self.store.requests, key),
+                                            q, now_ms)
+                    if replay:
+                        _copy(replay, result)
+                        return
+                quota_max = self._quota_max(txn, grant) if grant.quota else 0
+                if q.dry_run:
+                    refusal = grants.check(self.store, txn, grant, limit_max,
+                                           quota_max)
+                else:
+                    refusal = grants.issue(self.store, txn, grant, limit_max,
+                                           quota_max)
+                if refusal is None and q.request_id and not q.dry_run:
+                    _fill_granted(result, grant)
+                    txn.put(self.store.requests, key,
+                            _answer_record(q, result))
         except StoreError as exc:
             raise Unavailable(str(exc)) from exc
 
-        if not issued:
-            result.reason = Reason.CONCURRENCY_LIMIT_REACHED
+        if refusal is not None:
+            if refusal.what == "limit":
+                result.reason = Reason.CONCURRENCY_LIMIT_REACHED
+                result.retry_after_ms = refusal.retry_after_ms
+            else:
+                result.reason = Reason.QUOTA_EXHAUSTED
+                result.retry_after_ms = period_end - now_ms
             return
         result.allowed = True
-        result.grant_id = grant.grant_id.hex()
-        result.expires_at_ms = grant.expires_at_ms
+        if not q.dry_run:
+            _fill_granted(result, grant)
 
-    def complete(self, grant_id: str, outcome: Outcome) -> CompleteResult:
+    def _quota_max(self, txn, grant: grants.Grant) -> int:
+        """The account's quota: its license's own figure, else its plan's."""
+        record = txn.get(self.store.licenses, grant.account_id.encode())
+        if record is None:
+            return 0
+        lic = decode_license(grant.account_id, record)
+        if grant.quota in lic.limits:
+            return lic.limits[grant.quota]
+        plan = self._policy["plans"].get(lic.plan, {})
+        return plan.get("quotas", {}).get(grant.quota, 0)
+
+    def _explain(self, q: AuthorizeInput, now_ms: int,
+                 result: AuthorizeResult, limit_max: int) -> list:
+        with self.store.env.begin() as txn:
+            record = txn.get(self.store.licenses, q.account_id.encode())
+        explainer = self._explainer
+        if explainer is None or explainer.revision != self.revision:
+            explainer = ReferenceMatcher(self._policy, self.revision)
+            self._explainer = explainer
+        steps = explainer.explain(
+            record, q.account_id, q.subject_id, q.roles,
+            q.subject_attributes, q.action, q.resource_type, q.resource_id,
+            q.resource_attributes, q.context, now_ms,
+            tz_offsets(self._policy["timezones"], now_ms))
+        if result.reason == Reason.CONCURRENCY_LIMIT_REACHED:
+            steps.append("limit: all %d slots are held by live grants"
+                         % limit_max)
+        elif result.reason == Reason.QUOTA_EXHAUSTED:
+            steps.append("quota: no units left this period (retry in %d ms)"
+                         % result.retry_after_ms)
+        elif result.allowed and result.grant_id:
+            steps.append("grant %s until %d ms (%d quota units)"
+                         % (result.grant_id, result.expires_at_ms,
+                            result.units))
+        return steps
+
+    def complete(self, grant_id: str, outcome: Outcome,
+                 units: int | None = None) -> CompleteResult:
         """End a grant (idempotent); raises ``GrantNotFound``."""
         try:
             return grants.complete(self.store, grant_id, outcome,
-                                   self.clock())
+                                   self.clock(), units)
         except StoreError as exc:
             raise Unavailable(str(exc)) from exc
+
+    def renew(self, grant_id: str, account_id: str,
+              extend_by_ms: int) -> grants.Grant:
+        """Extend a live grant; raises ``grants.GrantEnded`` once ended."""
+        try:
+            return grants.renew(self.store, grant_id, account_id,
+                                extend_by_ms, self.clock())
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def revoke(self, grant_id: str) -> CompleteResult:
+        try:
+            return grants.revoke(self.store, grant_id, self.clock())
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def revoke_account(self, account_id: str) -> int:
+        """Revoke every live grant of an account (the kill switch)."""
+        _text("account_id", account_id, MAX_ID_BYTES, True)
+        try:
+            return grants.revoke_account(self.store, account_id,
+                                         self.clock())
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from exc
+
+    def grant(self, grant_id: str) -> grants.Grant:
+        with self.store.env.begin() as txn:
+            return grants.find(self.store, txn, grant_id)
+
+    def account(self, account_id: str) -> AccountView:
+        """The account's license, live grants, seats and quota usage."""
+        _text("account_id", account_id, MAX_ID_BYTES, True)
+        now_ms = self.clock()
+        with self.store.env.begin() as txn:
+            record = txn.get(self.store.licenses, account_id.encode())
+            lic = decode_license(account_id, record) if record else None
+            live = grants.live_grants(self.store, txn, account_id, now_ms)
+            usage = []
+            plan = (self._policy or {}).get("plans", {}).get(
+                lic.plan if lic else "", {})
+            for quota, period in (self._policy or {}).get(
+                    "quotas", {}).items():
+                start, end = grants.period_bounds(period, now_ms)
+                consumed, reserved = grants.read_usage(
+                    self.store, txn, grants.usage_key(account_id, quota,
+                                                      start))
+                maximum = (lic.limits.get(quota, plan.get("quotas", {}).get(
+                    quota, 0)) if lic else 0)
+                usage.append(QuotaUsage(quota, period, start, end, consumed,
+                                        reserved, maximum))
+        seats = {}
+        for g in live:
+            if g.limit:
+                seats[g.limit] = seats.get(g.limit, 0) + 1
+        return AccountView(account_id, lic, live, seats, usage, now_ms)
 
     def purge(self, keep_ms: int = 3_600_000) -> int:
         """Delete grant records that expired more than ``keep_ms`` ago."""

@@ -3,17 +3,29 @@
 A grant is issued by an allow and lives in LMDB, so any worker process can
 complete it.  It ends when the caller completes it, when an operator revokes
 it, or when its time runs out.  Expiry is checked whenever a grant is used
-or counted; ``purge`` only deletes records long dead.
+or counted; ``purge`` only settles and deletes records long dead.
 
-A grant that holds a concurrency slot has a record in ``seats`` under its
-limit key.  Counting and taking a slot happen in one write transaction, and
-LMDB admits one writer at a time across all processes, so two workers can
-never both take the last slot.
+What a grant holds:
+
+- a *seat*: a slot of a concurrency limit, under a key scoped to the
+  account, the account and subject, or the account and resource.  Counting
+  and taking a slot happen in one write transaction, and LMDB admits one
+  writer at a time across all processes, so two workers can never both take
+  the last slot;
+- a *reservation* of quota units in the counter of the current period.
+  Completing with success consumes the reported units (by default the
+  reserved ones); failure or cancellation releases them; a grant that
+  expires uncompleted keeps them: they count as consumed.
+
+Every function here takes the store and runs its own write transaction
+unless it is given one; all of them decide with the ``now`` they are given.
 """
 
+import calendar
 import os
 import struct
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from jitauth.model import (
     CompleteResult,
@@ -25,12 +37,20 @@ from jitauth.model import (
 
 GRANT_ID_BYTES = 16     # 128 random bits
 RECORD_VERSION = 1
+# XXX: one request reserves at most this many quota units; larger figures
+# are refused as absurd rather than risking overflow of the counters.
+MAX_UNITS = 1_000_000
 
-_HEAD = struct.Struct("<BBBxqqqQ")
+SCOPES = ("account", "subject", "resource")
+PERIODS = ("hour", "day", "month")
+
+_HEAD = struct.Struct("<BBBBqqqQqqq")
 _U16 = struct.Struct("<H")
 _I64 = struct.Struct(">q")
+_USAGE = struct.Struct(">qq")
 _STRINGS = ("account_id", "subject_id", "action", "resource_type",
-            "resource_id", "rule_id", "limit", "request_id", "decision_id")
+            "resource_id", "rule_id", "limit", "quota", "request_id",
+            "decision_id")
 
 
 @dataclass(slots=True)
@@ -45,18 +65,27 @@ class Grant:
     account_id: str
     subject_id: str
     action: str
-    resource_type: str
-    resource_id: str
-    rule_id: str
-    limit: str
-    request_id: str
-    decision_id: str
+    resource_type: str = ""
+    resource_id: str = ""
+    rule_id: str = ""
+    limit: str = ""
+    quota: str = ""
+    request_id: str = ""
+    decision_id: str = ""
+    scope: int = 0              # index into SCOPES
+    units: int = 0              # quota units reserved
+    period_start_ms: int = 0    # the quota period the units belong to
+    max_expires_at_ms: int = 0  # the latest expiry renewals may reach
+    consumed: int = 0           # units consumed once settled
 
     def encode(self) -> bytes:
         out = bytearray(_HEAD.pack(
             RECORD_VERSION, int(self.state),
-            int(self.outcome) if self.outcome else 0, self.issued_at_ms,
-            self.expires_at_ms, self.ended_at_ms, self.revision))
+            int(self.outcome) if self.outcome else 0, self.scope,
+            self.issued_at_ms, self.expires_at_ms, self.ended_at_ms,
+            self.revision, self.units, self.period_start_ms,
+            self.max_expires_at_ms))
+        out += _I64.pack(self.consumed)
         for name in _STRINGS:
             data = getattr(self, name).encode()
             out += _U16.pack(len(data))
@@ -65,17 +94,27 @@ class Grant:
 
     @classmethod
     def decode(cls, grant_id: bytes, record: bytes) -> "Grant":
-        (_, state, outcome, issued, expires, ended, revision
-         ) = _HEAD.unpack_from(record)
-        pos = _HEAD.size
-        strings = []
-        for _ in _STRINGS:
+        (_, state, outcome, scope, issued, expires, ended, revision, units,
+         period, max_expires) = _HEAD.unpack_from(record)
+        (consumed,) = _I64.unpack_from(record, _HEAD.size)
+        pos = _HEAD.size + 8
+        strings = {}
+        for name in _STRINGS:
             (size,) = _U16.unpack_from(record, pos)
-            strings.append(record[pos + 2:pos + 2 + size].decode())
+            strings[name] = record[pos + 2:pos + 2 + size].decode()
             pos += 2 + size
         return cls(grant_id, GrantState(state),
                    Outcome(outcome) if outcome else None, issued, expires,
-                   ended, revision, *strings)
+                   ended, revision, scope=scope, units=units,
+                   period_start_ms=period, max_expires_at_ms=max_expires,
+                   consumed=consumed, **strings)
+
+    @property
+    def id_hex(self) -> str:
+        return self.grant_id.hex()
+
+    def live_at(self, now_ms: int) -> bool:
+        return self.state == GrantState.LIVE and now_ms < self.expires_at_ms
 
 
 def new_grant_id() -> bytes:
@@ -93,76 +132,160 @@ def parse_grant_id(text: str) -> bytes:
     return raw
 
 
-def limit_key(account_id: str, limit: str) -> bytes:
-    """The seats prefix of one limit of one account."""
-    account, name = account_id.encode(), limit.encode()
-    return _U16.pack(len(account)) + account + _U16.pack(len(name)) + name
+def _lp(text: str) -> bytes:
+    data = text.encode()
+    return _U16.pack(len(data)) + data
 
 
-def live_seats(store, txn, key: bytes, now_ms: int) -> int:
-    """Count the live slots under ``key``, deleting expired ones found."""
-    live = 0
-    for seat, value in txn.items(store.seats, key):
-        if len(seat) != len(key) + GRANT_ID_BYTES:
-            continue  # a longer limit name sharing this prefix
-        if _I64.unpack(value)[0] > now_ms:
-            live += 1
+def account_prefix(account_id: str) -> bytes:
+    return _lp(account_id)
+
+
+def seat_prefix(grant: Grant) -> bytes:
+    """The key under which the slots of one scoped limit are counted."""
+    key = _lp(grant.account_id) + _lp(grant.limit) + bytes([grant.scope])
+    if SCOPES[grant.scope] == "subject":
+        key += _lp(grant.subject_id)
+    elif SCOPES[grant.scope] == "resource":
+        key += _lp(grant.resource_type) + _lp(grant.resource_id)
+    return key
+
+
+def usage_key(account_id: str, quota: str, period_start_ms: int) -> bytes:
+    return _lp(account_id) + _lp(quota) + _I64.pack(period_start_ms)
+
+
+def period_bounds(period: str, now_ms: int) -> tuple:
+    """Start and end (ms, UTC) of the calendar period containing now."""
+    moment = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
+    if period == "hour":
+        start = moment.replace(minute=0, second=0, microsecond=0)
+        end_s = calendar.timegm(start.timetuple()) + 3600
+    elif period == "day":
+        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        end_s = calendar.timegm(start.timetuple()) + 86400
+    else:
+        start = moment.replace(day=1, hour=0, minute=0, second=0,
+                               microsecond=0)
+        year, month = divmod(start.month, 12)
+        end_s = calendar.timegm((start.year + year, month + 1, 1, 0, 0, 0))
+    return calendar.timegm(start.timetuple()) * 1000, end_s * 1000
+
+
+def read_usage(store, txn, key: bytes) -> tuple:
+    """(consumed, reserved) units of one quota period."""
+    raw = txn.get(store.usage, key)
+    return _USAGE.unpack(raw) if raw else (0, 0)
+
+
+def _add_usage(store, txn, key: bytes, consumed: int, reserved: int) -> None:
+    old_consumed, old_reserved = read_usage(store, txn, key)
+    txn.put(store.usage, key, _USAGE.pack(old_consumed + consumed,
+                                          max(0, old_reserved + reserved)))
+
+
+def live_seats(store, txn, prefix: bytes, now_ms: int) -> list:
+    """Expiries of the live slots under ``prefix``; drops expired ones."""
+    live = []
+    for seat, value in txn.items(store.seats, prefix):
+        if len(seat) != len(prefix) + GRANT_ID_BYTES:
+            continue  # a longer key that shares this prefix
+        expires = _I64.unpack(value)[0]
+        if expires > now_ms:
+            live.append(expires)
         elif txn.write:
             txn.delete(store.seats, seat)
     return live
 
 
-def issue(store, txn, grant: Grant, limit_max: int) -> bool:
+@dataclass(slots=True)
+class Refusal:
+    """Why a grant could not be issued, and when trying again may work."""
+
+    what: str               # "limit" or "quota"
+    retry_after_ms: int
+    used: int
+    maximum: int
+
+
+def check(store, txn, grant: Grant, limit_max: int,
+          quota_max: int) -> Refusal | None:
+    """Whether ``grant`` would fit its limit and quota, changing nothing
+    but expired slots (in a write transaction)."""
+    now_ms = grant.issued_at_ms
+    if grant.limit:
+        live = live_seats(store, txn, seat_prefix(grant), now_ms)
+        if len(live) >= limit_max:
+            wait = min(live) - now_ms if live else 0
+            return Refusal("limit", wait, len(live), limit_max)
+
+    if grant.quota:
+        consumed, reserved = read_usage(store, txn, usage_key(
+            grant.account_id, grant.quota, grant.period_start_ms))
+        if consumed + reserved + grant.units > quota_max:
+            return Refusal("quota", 0, consumed + reserved, quota_max)
+    return None
+
+
+def issue(store, txn, grant: Grant, limit_max: int,
+          quota_max: int) -> Refusal | None:
     """Store ``grant`` in the write transaction ``txn``.
 
-    With a limit, first count its live slots: at ``limit_max`` nothing is
-    stored and False is returned.
+    Checks the limit slots and the quota first; when either is exhausted,
+    nothing is stored and the refusal is returned.
     """
-    if grant.limit:
-        key = limit_key(grant.account_id, grant.limit)
-        if live_seats(store, txn, key, grant.issued_at_ms) >= limit_max:
-            return False
-        txn.put(store.seats, key + grant.grant_id,
-                _I64.pack(grant.expires_at_ms))
+    refusal = check(store, txn, grant, limit_max, quota_max)
+    if refusal is not None:
+        return refusal
 
+    if grant.quota:
+        _add_usage(store, txn, usage_key(grant.account_id, grant.quota,
+                                         grant.period_start_ms),
+                   0, grant.units)
+    if grant.limit:
+        txn.put(store.seats, seat_prefix(grant) + grant.grant_id,
+                _I64.pack(grant.expires_at_ms))
     txn.put(store.grants, grant.grant_id, grant.encode())
     txn.put(store.expiries, _I64.pack(grant.expires_at_ms) + grant.grant_id,
             b"")
-    return True
+    txn.put(store.account_grants,
+            account_prefix(grant.account_id) + grant.grant_id, b"")
+    return None
+
+
+def _load(store, txn, grant_id: bytes) -> Grant:
+    record = txn.get(store.grants, grant_id)
+    if record is None:
+        raise GrantNotFound("no grant %s" % grant_id.hex())
+    return Grant.decode(grant_id, record)
 
 
 def _end(store, txn, grant: Grant, state: GrantState, ended_at_ms: int,
-         outcome: Outcome | None) -> None:
+         outcome: Outcome | None, consumed: int) -> None:
+    """Move a live grant to its final state; free and settle what it held."""
     grant.state = state
     grant.ended_at_ms = ended_at_ms
     grant.outcome = outcome
+    grant.consumed = consumed
     txn.put(store.grants, grant.grant_id, grant.encode())
     if grant.limit:
-        txn.delete(store.seats,
-                   limit_key(grant.account_id, grant.limit) + grant.grant_id)
+        txn.delete(store.seats, seat_prefix(grant) + grant.grant_id)
+    if grant.quota and grant.units:
+        _add_usage(store, txn, usage_key(grant.account_id, grant.quota,
+                                         grant.period_start_ms),
+                   consumed, -grant.units)
 
 
-def complete(store, grant_id: str, outcome: Outcome,
-             now_ms: int) -> CompleteResult:
-    """End a live grant; report the final state of one already ended."""
-    raw = parse_grant_id(grant_id)
+def _expire_if_due(store, txn, grant: Grant, now_ms: int) -> None:
+    """A live grant past its expiry becomes EXPIRED, its units consumed."""
+    if grant.state == GrantState.LIVE and now_ms >= grant.expires_at_ms:
+        _end(store, txn, grant, GrantState.EXPIRED, grant.expires_at_ms,
+             None, grant.units)
 
-    with store.env.begin(write=True) as txn:
-        record = txn.get(store.grants, raw)
-        if record is None:
-            raise GrantNotFound("no grant %s" % grant_id)
-        grant = Grant.decode(raw, record)
 
-        already = grant.state != GrantState.LIVE
-        if not already and now_ms >= grant.expires_at_ms:
-            _end(store, txn, grant, GrantState.EXPIRED, grant.expires_at_ms,
-                 None)
-            already = True
-        elif not already:
-            _end(store, txn, grant, GrantState.COMPLETED, now_ms, outcome)
-
+def _result(grant: Grant, already: bool) -> CompleteResult:
     return CompleteResult(
-        grant_id=grant_id,
+        grant_id=grant.id_hex,
         state=grant.state,
         already=already,
         outcome=grant.outcome,
@@ -171,11 +294,138 @@ def complete(store, grant_id: str, outcome: Outcome,
         issued_at_ms=grant.issued_at_ms,
         expires_at_ms=grant.expires_at_ms,
         ended_at_ms=grant.ended_at_ms,
+        units=grant.units,
+        consumed=grant.consumed,
     )
 
 
+def complete(store, grant_id: str, outcome: Outcome, now_ms: int,
+             units: int | None = None) -> CompleteResult:
+    """End a live grant; report the final state of one already ended.
+
+    ``units`` is what a successful action consumed, at most what was
+    reserved (default: all of it).  Failure and cancellation consume none.
+    """
+    raw = parse_grant_id(grant_id)
+    if units is not None and not 0 <= units <= MAX_UNITS:
+        raise InvalidInput("units", "must be between 0 and %d" % MAX_UNITS)
+
+    with store.env.begin(write=True) as txn:
+        grant = _load(store, txn, raw)
+        _expire_if_due(store, txn, grant, now_ms)
+        if grant.state != GrantState.LIVE:
+            return _result(grant, already=True)
+
+        if units is not None and units > grant.units:
+            raise InvalidInput("units", "%d exceeds the %d units reserved "
+                               "by this grant" % (units, grant.units))
+        consumed = 0
+        if outcome == Outcome.SUCCESS:
+            consumed = grant.units if units is None else units
+        _end(store, txn, grant, GrantState.COMPLETED, now_ms, outcome,
+             consumed)
+    return _result(grant, already=False)
+
+
+class GrantEnded(Exception):
+    """The grant is no longer live; ``state`` says how it ended."""
+
+    def __init__(self, grant: Grant):
+        super().__init__("grant %s is %s" % (grant.id_hex,
+                                             grant.state.name.lower()))
+        self.state = grant.state
+
+
+def renew(store, grant_id: str, account_id: str, extend_by_ms: int,
+          now_ms: int) -> Grant:
+    """Push a live grant's expiry to ``now + extend_by``.
+
+    Never beyond the rule's maximum lifetime (``InvalidInput`` naming
+    ``extend_by``), never for another account's grant, never once the grant
+    has ended (``GrantEnded``).
+    """
+    raw = parse_grant_id(grant_id)
+    if extend_by_ms <= 0:
+        raise InvalidInput("extend_by", "must be a positive duration")
+
+    with store.env.begin(write=True) as txn:
+        grant = _load(store, txn, raw)
+        if grant.account_id != account_id:
+            raise InvalidInput("account_id", "grant %s belongs to another "
+                               "account" % grant_id)
+        _expire_if_due(store, txn, grant, now_ms)
+        if grant.state != GrantState.LIVE:
+            raise GrantEnded(grant)
+
+        expires = now_ms + extend_by_ms
+        if expires > grant.max_expires_at_ms:
+            raise InvalidInput(
+                "extend_by", "the grant may live until %d ms at the latest "
+                "(rule %s); at most %d ms more"
+                % (grant.max_expires_at_ms, grant.rule_id,
+                   max(0, grant.max_expires_at_ms - now_ms)))
+        if expires <= grant.expires_at_ms:
+            return grant
+
+        txn.delete(store.expiries, _I64.pack(grant.expires_at_ms) + raw)
+        grant.expires_at_ms = expires
+        txn.put(store.grants, raw, grant.encode())
+        txn.put(store.expiries, _I64.pack(expires) + raw, b"")
+        if grant.limit:
+            txn.put(store.seats, seat_prefix(grant) + raw, _I64.pack(expires))
+    return grant
+
+
+def revoke(store, grant_id: str, now_ms: int) -> CompleteResult:
+    """Revoke one grant at once; its reserved units are released."""
+    raw = parse_grant_id(grant_id)
+    with store.env.begin(write=True) as txn:
+        grant = _load(store, txn, raw)
+        _expire_if_due(store, txn, grant, now_ms)
+        if grant.state != GrantState.LIVE:
+            return _result(grant, already=True)
+        _end(store, txn, grant, GrantState.REVOKED, now_ms, None, 0)
+    return _result(grant, already=False)
+
+
+def revoke_account(store, account_id: str, now_ms: int) -> int:
+    """Revoke every live grant of an account; return how many."""
+    revoked = 0
+    with store.env.begin(write=True) as txn:
+        for grant in _account_grants(store, txn, account_id):
+            _expire_if_due(store, txn, grant, now_ms)
+            if grant.state == GrantState.LIVE:
+                _end(store, txn, grant, GrantState.REVOKED, now_ms, None, 0)
+                revoked += 1
+    return revoked
+
+
+def _account_grants(store, txn, account_id: str) -> list:
+    prefix = account_prefix(account_id)
+    out = []
+    for key, _ in txn.items(store.account_grants, prefix):
+        grant_id = key[len(prefix):]
+        if len(grant_id) != GRANT_ID_BYTES:
+            continue
+        record = txn.get(store.grants, grant_id)
+        if record is not None:
+            out.append(Grant.decode(grant_id, record))
+    return out
+
+
+def live_grants(store, txn, account_id: str, now_ms: int) -> list:
+    """The account's grants that are live at ``now``, oldest first."""
+    live = [g for g in _account_grants(store, txn, account_id)
+            if g.live_at(now_ms)]
+    return sorted(live, key=lambda g: g.issued_at_ms)
+
+
+def find(store, txn, grant_id: str) -> Grant:
+    return _load(store, txn, parse_grant_id(grant_id))
+
+
 def purge(store, now_ms: int, keep_ms: int, batch: int = 1000) -> int:
-    """Delete grants whose expiry is more than ``keep_ms`` in the past.
+    """Settle and delete grants whose expiry is over ``keep_ms`` ago.
 
     Removes at most ``batch`` grants in one short write transaction and
     returns how many; call again while it returns ``batch``.
@@ -190,10 +440,17 @@ def purge(store, now_ms: int, keep_ms: int, batch: int = 1000) -> int:
             record = txn.get(store.grants, grant_id)
             if record is not None:
                 grant = Grant.decode(grant_id, record)
-                if grant.limit:
-                    txn.delete(store.seats, limit_key(
-                        grant.account_id, grant.limit) + grant_id)
+                _expire_if_due(store, txn, grant, now_ms)
                 txn.delete(store.grants, grant_id)
+                txn.delete(store.account_grants,
+                           account_prefix(grant.account_id) + grant_id)
+                if grant.request_id:
+                    txn.delete(store.requests, request_key(
+                        grant.account_id, grant.request_id))
             txn.delete(store.expiries, key)
             removed += 1
     return removed
+
+
+def request_key(account_id: str, request_id: str) -> bytes:
+    return _lp(account_id) + request_id.encode()

@@ -20,6 +20,7 @@ class Reason(IntEnum):
     DENIED_BY_RULE = 7
     NO_MATCHING_RULE = 8
     CONCURRENCY_LIMIT_REACHED = 9
+    QUOTA_EXHAUSTED = 10
 
 
 class LicenseStatus(IntEnum):
@@ -59,6 +60,9 @@ class AuthorizeInput:
     resource_attributes: dict = field(default_factory=dict)
     context: dict = field(default_factory=dict)
     request_id: str = ""
+    units: int = 0          # quota units to reserve; 0: the rule's default
+    dry_run: bool = False   # decide only: no grant, no reservation
+    explain: bool = False   # return the evaluation trace
 
 
 @dataclass(slots=True)
@@ -71,6 +75,11 @@ class AuthorizeResult:
     rule_id: str = ""
     grant_id: str = ""
     expires_at_ms: int = 0
+    retry_after_ms: int = 0     # seats and quotas: when trying again helps
+    units: int = 0              # quota units reserved by the grant
+    replayed: bool = False      # an earlier answer to the same request_id
+    dry_run: bool = False
+    explanation: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -90,6 +99,8 @@ class CompleteResult:
     issued_at_ms: int
     expires_at_ms: int
     ended_at_ms: int
+    units: int = 0          # quota units the grant reserved
+    consumed: int = 0       # of which consumed once settled
 
 
 class InvalidInput(ValueError):

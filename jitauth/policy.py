@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from jitauth.grants import MAX_UNITS, PERIODS, SCOPES
+
 COMPILED_FORMAT = 1
 
 # XXX: a grant lives one day at the most; longer work must ask again (the
@@ -29,6 +31,9 @@ _CLOCK = re.compile(r"(\d\d):(\d\d)")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_SETS = {"all": 0b1111111, "weekdays": 0b0011111, "weekends": 0b1100000}
+# A grant's fields in the compiled form; deny rules keep these values.
+_NO_GRANT = {"ttl_ms": 0, "max_lifetime_ms": 0, "limit": None,
+             "scope": "account", "quota": None, "units": 1}
 _COMPARISONS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "cidr")
 
 
@@ -204,19 +209,25 @@ class _Compiler:
     def __init__(self, path: str):
         self.path = path
         self.timezones: list = []
+        self.periods: dict = {}
 
     def compile(self, document) -> dict:
         top = _Where(self.path, "", getattr(document, "line", 1))
         document = _mapping(top, document,
-                            ("plans", "entitlements", "rules"))
+                            ("plans", "entitlements", "quotas", "rules"))
 
+        periods = {}
+        if document.get("quotas") is not None:
+            periods = self.quotas(top.key(document, "quotas"),
+                                  document["quotas"])
         plans = self.plans(top.key(document, "plans"),
-                           document.get("plans"))
+                           document.get("plans"), periods)
         known = {e for plan in plans.values() for e in plan["entitlements"]}
         if "entitlements" in document:
             where = top.key(document, "entitlements")
             known.update(_strings(where, document["entitlements"], _name))
         limits = {n for plan in plans.values() for n in plan["limits"]}
+        self.periods = periods
 
         where = top.key(document, "rules")
         rules = document.get("rules")
@@ -237,11 +248,27 @@ class _Compiler:
         return {
             "format": COMPILED_FORMAT,
             "plans": plans,
+            "quotas": periods,
             "timezones": self.timezones,
             "rules": compiled,
         }
 
-    def plans(self, where: _Where, plans) -> dict:
+    def quotas(self, where: _Where, quotas) -> dict:
+        if not isinstance(quotas, _Map):
+            raise where.error("must map quota names to their period")
+        periods = {}
+        for name, spec in quotas.items():
+            at = where.key(quotas, name)
+            _name(at, name)
+            spec = _mapping(at, spec, ("period",))
+            if spec.get("period") not in PERIODS:
+                raise at.key(spec, "period").error(
+                    "must be one of: %s (calendar periods in UTC)"
+                    % ", ".join(PERIODS))
+            periods[name] = spec["period"]
+        return periods
+
+    def plans(self, where: _Where, plans, periods: dict) -> dict:
         if not isinstance(plans, _Map) or not plans:
             raise where.error("must map plan names to their entitlements "
                               "and limits")
@@ -250,26 +277,43 @@ class _Compiler:
             at = where.key(plans, name)
             _name(at, name)
             plan = _mapping(at, plan if plan is not None else _Map(),
-                            ("entitlements", "limits"))
+                            ("entitlements", "limits", "quotas"))
             entitlements = []
             if plan.get("entitlements") is not None:
                 entitlements = _strings(at.key(plan, "entitlements"),
                                         plan["entitlements"], _name)
-            limits = {}
-            if plan.get("limits") is not None:
-                lw = at.key(plan, "limits")
-                if not isinstance(plan["limits"], _Map):
-                    raise lw.error("must map limit names to numbers")
-                for limit, value in plan["limits"].items():
-                    vw = lw.key(plan["limits"], limit)
-                    _name(vw, limit)
-                    if (not isinstance(value, int) or isinstance(value, bool)
-                            or not 0 <= value < 2**63):
-                        raise vw.error("must be a whole number >= 0")
-                    limits[limit] = value
+            limits = self.numbers(at, plan, "limits")
+            quotas = self.numbers(at, plan, "quotas")
+            for quota in quotas:
+                if quota not in periods:
+                    raise at.key(plan, "quotas").key(plan["quotas"], quota) \
+                        .error("quota %r has no period under quotas"
+                               % quota)
+            for limit in limits:
+                if limit in periods:
+                    raise at.key(plan, "limits").key(plan["limits"], limit) \
+                        .error("%r is a quota; list it under quotas"
+                               % limit)
             compiled[name] = {"entitlements": sorted(set(entitlements)),
-                              "limits": limits}
+                              "limits": limits, "quotas": quotas}
         return compiled
+
+    def numbers(self, where: _Where, plan: _Map, key: str) -> dict:
+        """A plan's map of limit or quota names to whole numbers."""
+        if plan.get(key) is None:
+            return {}
+        at = where.key(plan, key)
+        if not isinstance(plan[key], _Map):
+            raise at.error("must map names to whole numbers")
+        out = {}
+        for name, value in plan[key].items():
+            vw = at.key(plan[key], name)
+            _name(vw, name)
+            if (not isinstance(value, int) or isinstance(value, bool)
+                    or not 0 <= value < 2**63):
+                raise vw.error("must be a whole number >= 0")
+            out[name] = value
+        return out
 
     def rule(self, where: _Where, rule, known: set, limits: set) -> dict:
         rule = _mapping(where, rule, (
@@ -321,12 +365,12 @@ class _Compiler:
                 conditions.append(self.condition(ww.item(rule["when"], i),
                                                  condition))
 
-        ttl_ms, limit = 0, None
+        grant = dict(_NO_GRANT)
         if effect == "deny" and "grant" in rule:
             raise where.key(rule, "grant").error("deny rules issue no grant")
         if effect == "allow":
-            ttl_ms, limit = self.grant(where.key(rule, "grant"),
-                                       rule.get("grant"), limits)
+            grant = self.grant(where.key(rule, "grant"), rule.get("grant"),
+                               limits)
 
         return {
             "id": rule_id,
@@ -337,24 +381,57 @@ class _Compiler:
             "roles": roles,
             "entitlement": entitlement,
             "when": conditions,
-            "ttl_ms": ttl_ms,
-            "limit": limit,
+            **grant,
         }
 
-    def grant(self, where: _Where, grant, limits: set) -> tuple:
+    def grant(self, where: _Where, grant, limits: set) -> dict:
+        out = dict(_NO_GRANT, ttl_ms=DEFAULT_TTL_MS)
         if grant is None:
-            return DEFAULT_TTL_MS, None
-        grant = _mapping(where, grant, ("ttl", "limit"))
-        ttl_ms = DEFAULT_TTL_MS
+            out["max_lifetime_ms"] = DEFAULT_TTL_MS
+            return out
+        grant = _mapping(where, grant, ("ttl", "max_lifetime", "limit",
+                                        "scope", "quota", "units"))
         if "ttl" in grant:
-            ttl_ms = _duration_ms(where.key(grant, "ttl"), grant["ttl"])
-        limit = None
+            out["ttl_ms"] = _duration_ms(where.key(grant, "ttl"),
+                                         grant["ttl"])
+        out["max_lifetime_ms"] = out["ttl_ms"]
+        if "max_lifetime" in grant:
+            mw = where.key(grant, "max_lifetime")
+            out["max_lifetime_ms"] = _duration_ms(mw, grant["max_lifetime"])
+            if out["max_lifetime_ms"] < out["ttl_ms"]:
+                raise mw.error("must be at least the ttl")
+
         if grant.get("limit") is not None:
             lw = where.key(grant, "limit")
-            limit = _name(lw, grant["limit"])
-            if limit not in limits:
-                raise lw.error("limit %r is not defined by any plan" % limit)
-        return ttl_ms, limit
+            out["limit"] = _name(lw, grant["limit"])
+            if out["limit"] not in limits:
+                raise lw.error("limit %r is not defined by any plan"
+                               % out["limit"])
+        if "scope" in grant:
+            sw = where.key(grant, "scope")
+            if out["limit"] is None:
+                raise sw.error("a scope needs a limit")
+            if grant["scope"] not in SCOPES:
+                raise sw.error("must be one of: %s" % ", ".join(SCOPES))
+            out["scope"] = grant["scope"]
+
+        if grant.get("quota") is not None:
+            qw = where.key(grant, "quota")
+            out["quota"] = _name(qw, grant["quota"])
+            if out["quota"] not in self.periods:
+                raise qw.error("quota %r is not defined under quotas"
+                               % out["quota"])
+        if "units" in grant:
+            uw = where.key(grant, "units")
+            units = grant["units"]
+            if out["quota"] is None:
+                raise uw.error("units need a quota")
+            if (not isinstance(units, int) or isinstance(units, bool)
+                    or not 1 <= units <= MAX_UNITS):
+                raise uw.error("must be a whole number from 1 to %d"
+                               % MAX_UNITS)
+            out["units"] = units
+        return out
 
     def condition(self, where: _Where, condition) -> dict:
         if isinstance(condition, _Map) and "time" in condition:

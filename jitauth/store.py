@@ -18,7 +18,7 @@ import struct
 from jitauth._core import Environment, StoreError
 
 DATABASES = ("meta", "revisions", "sources", "licenses", "grants", "seats",
-             "expiries")
+             "expiries", "usage", "account_grants", "requests")
 REVISION_KEY = b"revision"
 
 # XXX: the map size bounds the whole store (32 GiB of address space, not
@@ -54,6 +54,9 @@ class Store:
         self.grants = self.env.dbs["grants"]
         self.seats = self.env.dbs["seats"]
         self.expiries = self.env.dbs["expiries"]
+        self.usage = self.env.dbs["usage"]
+        self.account_grants = self.env.dbs["account_grants"]
+        self.requests = self.env.dbs["requests"]
 
     def close(self) -> None:
         self.env.close()

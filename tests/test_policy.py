@@ -66,7 +66,8 @@ def test_compiles_every_feature():
     assert deny == {"id": "deny-guests", "effect": "deny", "actions": ["*"],
                     "resource_types": ["*"], "resource_ids": ["*"],
                     "roles": ["guest"], "entitlement": None, "when": [],
-                    "ttl_ms": 0, "limit": None}
+                    "ttl_ms": 0, "max_lifetime_ms": 0, "limit": None,
+                    "scope": "account", "quota": None, "units": 1}
 
 
 def test_allow_rules_default_to_a_minute():
