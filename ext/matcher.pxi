@@ -121,7 +121,7 @@ cdef inline bytes _encode(str text):
     return text.encode("utf-8", "surrogatepass")
 
 
-# --- the license record, read in place -------------------------------------
+# --- the license record, read in place ---------------------------------------
 
 cdef struct _Record:
     const unsigned char *base
@@ -264,7 +264,7 @@ cdef inline uint64_t _fnv1a(const unsigned char *p, size_t n) noexcept:
     return h
 
 
-# --- attribute values ------------------------------------------------------
+# --- attribute values --------------------------------------------------------
 
 cdef bint _decimal(const char *p, Py_ssize_t n, double *out) except -1:
     """Parse ``-?[0-9]+(\\.[0-9]+)?`` of at most 32 characters."""
@@ -345,7 +345,7 @@ cdef inline int64_t _floor_div(int64_t a, int64_t b) noexcept:
     return q
 
 
-# --- compiled policy -------------------------------------------------------
+# --- compiled policy ---------------------------------------------------------
 
 cdef class _Condition:
     cdef int op
@@ -687,7 +687,7 @@ cdef class Matcher:
         cdef _Rule rule = self._rules[index]
         return rule.id, rule.effect, rule.ttl_ms, rule.limit
 
-    # --- per request --------------------------------------------------------
+    # --- per request ---------------------------------------------------------
 
     cdef _Candidates _candidates(self, str action):
         cdef PyObject *hit = PyDict_GetItemWithError(self._by_action, action)
