@@ -85,8 +85,8 @@ class AuthorizerServicer:
 
     def Complete(self, request: bytes, context) -> pb.CompleteResponse:
         try:
-            grant_id, outcome = wire.parse_complete(request)
-            result = self._facade().complete(grant_id, outcome)
+            grant_id, outcome, units = wire.parse_complete(request)
+            result = self._facade().complete(grant_id, outcome, units)
         except Exception as exc:
             self._fail(context, exc, "Complete")
 

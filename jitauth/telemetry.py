@@ -42,6 +42,8 @@ ALREADY_ENDED = "jitauth.already_ended"
 OUTCOME = "jitauth.outcome"
 REQUEST_ID = "jitauth.request_id"
 DECISION_ID = "jitauth.decision_id"
+REPLAYED = "jitauth.replayed"
+DRY_RUN = "jitauth.dry_run"
 ACTION = "jitauth.action"
 INVALID_FIELD = "jitauth.invalid_field"
 # From OpenTelemetry's RPC semantic conventions.
@@ -165,6 +167,8 @@ def record_authorize(result: AuthorizeResult, account_id: str,
         GRANT_ID: result.grant_id,
         REQUEST_ID: request_id,
         DECISION_ID: result.decision_id,
+        REPLAYED: result.replayed,
+        DRY_RUN: result.dry_run,
     })
 
 

@@ -55,18 +55,23 @@ def parse_authorize(data: bytes) -> AuthorizeInput:
         resource_attributes=dict(resource.attributes),
         context=dict(msg.context),
         request_id=msg.request_id,
+        units=msg.units,
+        dry_run=msg.dry_run,
+        explain=msg.explain,
     )
 
 
-def parse_complete(data: bytes) -> tuple[str, Outcome]:
-    """Check and convert a serialized ``CompleteRequest``."""
+def parse_complete(data: bytes) -> tuple[str, Outcome, int | None]:
+    """Check and convert a serialized ``CompleteRequest``: the grant id,
+    the outcome and the units consumed (None: all reserved)."""
     msg = _parse(pb.CompleteRequest, data)
 
     outcome = _OUTCOMES.get(msg.outcome)
     if outcome is None:
         raise InvalidInput("outcome", "unknown outcome %d" % msg.outcome)
 
-    return msg.grant_id, outcome
+    units = msg.units if msg.HasField("units") else None
+    return msg.grant_id, outcome, units
 
 
 def authorize_response(result: AuthorizeResult) -> pb.AuthorizeResponse:
@@ -77,10 +82,16 @@ def authorize_response(result: AuthorizeResult) -> pb.AuthorizeResponse:
         rule_id=result.rule_id,
         revision=result.revision,
         decision_id=result.decision_id,
+        units=result.units,
+        replayed=result.replayed,
+        dry_run=result.dry_run,
+        explanation=result.explanation,
     )
     if result.allowed and result.grant_id:
         resp.grant.id = result.grant_id
         resp.grant.expires_at.FromMilliseconds(result.expires_at_ms)
+    if result.retry_after_ms:
+        resp.retry_after.FromMilliseconds(result.retry_after_ms)
     return resp
 
 
@@ -92,6 +103,8 @@ def complete_response(result: CompleteResult) -> pb.CompleteResponse:
         outcome=int(result.outcome) if result.outcome is not None else 0,
         account_id=result.account_id,
         action=result.action,
+        units=result.units,
+        consumed=result.consumed,
     )
     for name, ms in (("issued_at", result.issued_at_ms),
                      ("expires_at", result.expires_at_ms),

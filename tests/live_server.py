@@ -78,7 +78,7 @@ def load_cli(data_dir, policy_path, licenses_path) -> subprocess.Popen:
 
 def export_request(account="acme", **overrides) -> pb.AuthorizeRequest:
     fields = dict(
-        request_id="req-1",
+        request_id=os.urandom(8).hex(),  # a repeated id would replay
         account_id=account,
         subject=pb.Subject(id="alice", roles=["analyst"]),
         action="reports.export",

@@ -240,6 +240,27 @@ def test_complete_expired_grant_reports_expired(server):
     assert done.ended_at.ToMilliseconds() == NOW + 5000
 
 
+def test_a_repeated_request_id_replays_the_first_answer(server):
+    client, _, _ = server
+    first = client.Authorize(export_request(request_id="once"), timeout=5)
+
+    again = client.Authorize(export_request(request_id="once"), timeout=5)
+
+    assert again.decision == pb.DECISION_ALLOW
+    assert again.replayed and not first.replayed
+    assert again.grant.id == first.grant.id
+
+
+def test_dry_run_issues_no_grant(server):
+    client, _, _ = server
+
+    response = client.Authorize(export_request(dry_run=True), timeout=5)
+
+    assert response.decision == pb.DECISION_ALLOW
+    assert response.dry_run
+    assert not response.grant.id
+
+
 def test_concurrency_limit_and_release(server):
     client, clock, _ = server
     first = client.Authorize(export_request(), timeout=5)
@@ -251,6 +272,7 @@ def test_concurrency_limit_and_release(server):
     assert third.decision == pb.DECISION_DENY
     assert third.reason == pb.REASON_CONCURRENCY_LIMIT_REACHED
     assert third.rule_id == "export"
+    assert third.HasField("retry_after")
 
     client.Complete(pb.CompleteRequest(grant_id=first.grant.id), timeout=5)
     fourth = client.Authorize(export_request(), timeout=5)

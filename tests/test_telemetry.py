@@ -44,7 +44,8 @@ def traced(data_dir):
 def test_authorize_span_continues_the_callers_trace(traced):
     client, exporter = traced
 
-    response = client.Authorize(export_request(), timeout=5,
+    response = client.Authorize(export_request(request_id="req-1"),
+                                timeout=5,
                                 metadata=[("traceparent", TRACEPARENT)])
 
     (span,) = exporter.get_finished_spans()

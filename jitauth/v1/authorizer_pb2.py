@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjitauth/v1/authorizer.proto\x12\njitauth.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x07Subject\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x37\n\nattributes\x18\x03 \x03(\x0b\x32#.jitauth.v1.Subject.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.jitauth.v1.Resource.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x84\x02\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12$\n\x07subject\x18\x03 \x01(\x0b\x32\x13.jitauth.v1.Subject\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12&\n\x08resource\x18\x05 \x01(\x0b\x32\x14.jitauth.v1.Resource\x12:\n\x07\x63ontext\x18\x06 \x03(\x0b\x32).jitauth.v1.AuthorizeRequest.ContextEntry\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xca\x01\n\x11\x41uthorizeResponse\x12&\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x14.jitauth.v1.Decision\x12\"\n\x06reason\x18\x02 \x01(\x0e\x32\x12.jitauth.v1.Reason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12 \n\x05grant\x18\x04 \x01(\x0b\x32\x11.jitauth.v1.Grant\x12\x0f\n\x07rule_id\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x04\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x07 \x01(\t\"I\n\x0f\x43ompleteRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12$\n\x07outcome\x18\x02 \x01(\x0e\x32\x13.jitauth.v1.Outcome\"\xb9\x02\n\x10\x43ompleteResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.jitauth.v1.GrantState\x12\x15\n\ralready_ended\x18\x03 \x01(\x08\x12$\n\x07outcome\x18\x04 \x01(\x0e\x32\x13.jitauth.v1.Outcome\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xa5\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REASON_ALLOWED_BY_RULE\x10\x01\x12\x15\n\x11REASON_NO_LICENSE\x10\x02\x12\x1b\n\x17REASON_LICENSE_INACTIVE\x10\x03\x12\x1a\n\x16REASON_LICENSE_EXPIRED\x10\x04\x12 \n\x1cREASON_LICENSE_NOT_YET_VALID\x10\x05\x12\x17\n\x13REASON_NOT_ENTITLED\x10\x06\x12\x19\n\x15REASON_DENIED_BY_RULE\x10\x07\x12\x1b\n\x17REASON_NO_MATCHING_RULE\x10\x08\x12$\n REASON_CONCURRENCY_LIMIT_REACHED\x10\t*c\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03*\x8c\x01\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10GRANT_STATE_LIVE\x10\x01\x12\x19\n\x15GRANT_STATE_COMPLETED\x10\x02\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x03\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x04\x32\x9d\x01\n\nAuthorizer\x12H\n\tAuthorize\x12\x1c.jitauth.v1.AuthorizeRequest\x1a\x1d.jitauth.v1.AuthorizeResponse\x12\x45\n\x08\x43omplete\x12\x1b.jitauth.v1.CompleteRequest\x1a\x1c.jitauth.v1.CompleteResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bjitauth/v1/authorizer.proto\x12\njitauth.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x01\n\x07Subject\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x37\n\nattributes\x18\x03 \x03(\x0b\x32#.jitauth.v1.Subject.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x91\x01\n\x08Resource\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x38\n\nattributes\x18\x03 \x03(\x0b\x32$.jitauth.v1.Resource.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb5\x02\n\x10\x41uthorizeRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12$\n\x07subject\x18\x03 \x01(\x0b\x32\x13.jitauth.v1.Subject\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12&\n\x08resource\x18\x05 \x01(\x0b\x32\x14.jitauth.v1.Resource\x12:\n\x07\x63ontext\x18\x06 \x03(\x0b\x32).jitauth.v1.AuthorizeRequest.ContextEntry\x12\r\n\x05units\x18\x07 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x08 \x01(\x08\x12\x0f\n\x07\x65xplain\x18\t \x01(\x08\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"C\n\x05Grant\x12\n\n\x02id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x02\n\x11\x41uthorizeResponse\x12&\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x14.jitauth.v1.Decision\x12\"\n\x06reason\x18\x02 \x01(\x0e\x32\x12.jitauth.v1.Reason\x12\x0f\n\x07message\x18\x03 \x01(\t\x12 \n\x05grant\x18\x04 \x01(\x0b\x32\x11.jitauth.v1.Grant\x12\x0f\n\x07rule_id\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x04\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x07 \x01(\t\x12.\n\x0bretry_after\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05units\x18\t \x01(\r\x12\x10\n\x08replayed\x18\n \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x0b \x01(\x08\x12\x13\n\x0b\x65xplanation\x18\x0c \x03(\t\"g\n\x0f\x43ompleteRequest\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12$\n\x07outcome\x18\x02 \x01(\x0e\x32\x13.jitauth.v1.Outcome\x12\x12\n\x05units\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_units\"\xda\x02\n\x10\x43ompleteResponse\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.jitauth.v1.GrantState\x12\x15\n\ralready_ended\x18\x03 \x01(\x08\x12$\n\x07outcome\x18\x04 \x01(\x0e\x32\x13.jitauth.v1.Outcome\x12\x12\n\naccount_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12-\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05units\x18\n \x01(\r\x12\x10\n\x08\x63onsumed\x18\x0b \x01(\r*K\n\x08\x44\x65\x63ision\x12\x18\n\x14\x44\x45\x43ISION_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44\x45\x43ISION_ALLOW\x10\x01\x12\x11\n\rDECISION_DENY\x10\x02*\xc1\x02\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x1a\n\x16REASON_ALLOWED_BY_RULE\x10\x01\x12\x15\n\x11REASON_NO_LICENSE\x10\x02\x12\x1b\n\x17REASON_LICENSE_INACTIVE\x10\x03\x12\x1a\n\x16REASON_LICENSE_EXPIRED\x10\x04\x12 \n\x1cREASON_LICENSE_NOT_YET_VALID\x10\x05\x12\x17\n\x13REASON_NOT_ENTITLED\x10\x06\x12\x19\n\x15REASON_DENIED_BY_RULE\x10\x07\x12\x1b\n\x17REASON_NO_MATCHING_RULE\x10\x08\x12$\n REASON_CONCURRENCY_LIMIT_REACHED\x10\t\x12\x1a\n\x16REASON_QUOTA_EXHAUSTED\x10\n*c\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_SUCCESS\x10\x01\x12\x13\n\x0fOUTCOME_FAILURE\x10\x02\x12\x15\n\x11OUTCOME_CANCELLED\x10\x03*\x8c\x01\n\nGrantState\x12\x1b\n\x17GRANT_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10GRANT_STATE_LIVE\x10\x01\x12\x19\n\x15GRANT_STATE_COMPLETED\x10\x02\x12\x17\n\x13GRANT_STATE_EXPIRED\x10\x03\x12\x17\n\x13GRANT_STATE_REVOKED\x10\x04\x32\x9d\x01\n\nAuthorizer\x12H\n\tAuthorize\x12\x1c.jitauth.v1.AuthorizeRequest\x1a\x1d.jitauth.v1.AuthorizeResponse\x12\x45\n\x08\x43omplete\x12\x1b.jitauth.v1.CompleteRequest\x1a\x1c.jitauth.v1.CompleteResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,34 +39,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_DECISION']._serialized_start=1299
-  _globals['_DECISION']._serialized_end=1374
-  _globals['_REASON']._serialized_start=1377
-  _globals['_REASON']._serialized_end=1670
-  _globals['_OUTCOME']._serialized_start=1672
-  _globals['_OUTCOME']._serialized_end=1771
-  _globals['_GRANTSTATE']._serialized_start=1774
-  _globals['_GRANTSTATE']._serialized_end=1914
-  _globals['_SUBJECT']._serialized_start=77
-  _globals['_SUBJECT']._serialized_end=221
-  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_start=172
-  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_end=221
-  _globals['_RESOURCE']._serialized_start=224
-  _globals['_RESOURCE']._serialized_end=369
-  _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_start=172
-  _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_end=221
-  _globals['_AUTHORIZEREQUEST']._serialized_start=372
-  _globals['_AUTHORIZEREQUEST']._serialized_end=632
-  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_start=586
-  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_end=632
-  _globals['_GRANT']._serialized_start=634
-  _globals['_GRANT']._serialized_end=701
-  _globals['_AUTHORIZERESPONSE']._serialized_start=704
-  _globals['_AUTHORIZERESPONSE']._serialized_end=906
-  _globals['_COMPLETEREQUEST']._serialized_start=908
-  _globals['_COMPLETEREQUEST']._serialized_end=981
-  _globals['_COMPLETERESPONSE']._serialized_start=984
-  _globals['_COMPLETERESPONSE']._serialized_end=1297
-  _globals['_AUTHORIZER']._serialized_start=1917
-  _globals['_AUTHORIZER']._serialized_end=2074
+  _globals['_DECISION']._serialized_start=1562
+  _globals['_DECISION']._serialized_end=1637
+  _globals['_REASON']._serialized_start=1640
+  _globals['_REASON']._serialized_end=1961
+  _globals['_OUTCOME']._serialized_start=1963
+  _globals['_OUTCOME']._serialized_end=2062
+  _globals['_GRANTSTATE']._serialized_start=2065
+  _globals['_GRANTSTATE']._serialized_end=2205
+  _globals['_SUBJECT']._serialized_start=109
+  _globals['_SUBJECT']._serialized_end=253
+  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_start=204
+  _globals['_SUBJECT_ATTRIBUTESENTRY']._serialized_end=253
+  _globals['_RESOURCE']._serialized_start=256
+  _globals['_RESOURCE']._serialized_end=401
+  _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_start=204
+  _globals['_RESOURCE_ATTRIBUTESENTRY']._serialized_end=253
+  _globals['_AUTHORIZEREQUEST']._serialized_start=404
+  _globals['_AUTHORIZEREQUEST']._serialized_end=713
+  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_start=667
+  _globals['_AUTHORIZEREQUEST_CONTEXTENTRY']._serialized_end=713
+  _globals['_GRANT']._serialized_start=715
+  _globals['_GRANT']._serialized_end=782
+  _globals['_AUTHORIZERESPONSE']._serialized_start=785
+  _globals['_AUTHORIZERESPONSE']._serialized_end=1106
+  _globals['_COMPLETEREQUEST']._serialized_start=1108
+  _globals['_COMPLETEREQUEST']._serialized_end=1211
+  _globals['_COMPLETERESPONSE']._serialized_start=1214
+  _globals['_COMPLETERESPONSE']._serialized_end=1560
+  _globals['_AUTHORIZER']._serialized_start=2208
+  _globals['_AUTHORIZER']._serialized_end=2365
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -28,6 +29,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_DENIED_BY_RULE: _ClassVar[Reason]
     REASON_NO_MATCHING_RULE: _ClassVar[Reason]
     REASON_CONCURRENCY_LIMIT_REACHED: _ClassVar[Reason]
+    REASON_QUOTA_EXHAUSTED: _ClassVar[Reason]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +58,7 @@ REASON_NOT_ENTITLED: Reason
 REASON_DENIED_BY_RULE: Reason
 REASON_NO_MATCHING_RULE: Reason
 REASON_CONCURRENCY_LIMIT_REACHED: Reason
+REASON_QUOTA_EXHAUSTED: Reason
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCESS: Outcome
 OUTCOME_FAILURE: Outcome
@@ -101,7 +104,7 @@ class Resource(_message.Message):
     def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AuthorizeRequest(_message.Message):
-    __slots__ = ("request_id", "account_id", "subject", "action", "resource", "context")
+    __slots__ = ("request_id", "account_id", "subject", "action", "resource", "context", "units", "dry_run", "explain")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -115,13 +118,19 @@ class AuthorizeRequest(_message.Message):
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     account_id: str
     subject: Subject
     action: str
     resource: Resource
     context: _containers.ScalarMap[str, str]
-    def __init__(self, request_id: _Optional[str] = ..., account_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., action: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    units: int
+    dry_run: bool
+    explain: bool
+    def __init__(self, request_id: _Optional[str] = ..., account_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, _Mapping]] = ..., action: _Optional[str] = ..., resource: _Optional[_Union[Resource, _Mapping]] = ..., context: _Optional[_Mapping[str, str]] = ..., units: _Optional[int] = ..., dry_run: _Optional[bool] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class Grant(_message.Message):
     __slots__ = ("id", "expires_at")
@@ -132,7 +141,7 @@ class Grant(_message.Message):
     def __init__(self, id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AuthorizeResponse(_message.Message):
-    __slots__ = ("decision", "reason", "message", "grant", "rule_id", "revision", "decision_id")
+    __slots__ = ("decision", "reason", "message", "grant", "rule_id", "revision", "decision_id", "retry_after", "units", "replayed", "dry_run", "explanation")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +149,11 @@ class AuthorizeResponse(_message.Message):
     RULE_ID_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     decision: Decision
     reason: Reason
     message: str
@@ -147,18 +161,25 @@ class AuthorizeResponse(_message.Message):
     rule_id: str
     revision: int
     decision_id: str
-    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., message: _Optional[str] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., rule_id: _Optional[str] = ..., revision: _Optional[int] = ..., decision_id: _Optional[str] = ...) -> None: ...
+    retry_after: _duration_pb2.Duration
+    units: int
+    replayed: bool
+    dry_run: bool
+    explanation: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision: _Optional[_Union[Decision, str]] = ..., reason: _Optional[_Union[Reason, str]] = ..., message: _Optional[str] = ..., grant: _Optional[_Union[Grant, _Mapping]] = ..., rule_id: _Optional[str] = ..., revision: _Optional[int] = ..., decision_id: _Optional[str] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., units: _Optional[int] = ..., replayed: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., explanation: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("grant_id", "outcome")
+    __slots__ = ("grant_id", "outcome", "units")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     outcome: Outcome
-    def __init__(self, grant_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ...) -> None: ...
+    units: int
+    def __init__(self, grant_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., units: _Optional[int] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("grant_id", "state", "already_ended", "outcome", "account_id", "action", "issued_at", "expires_at", "ended_at")
+    __slots__ = ("grant_id", "state", "already_ended", "outcome", "account_id", "action", "issued_at", "expires_at", "ended_at", "units", "consumed")
     GRANT_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ALREADY_ENDED_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +189,8 @@ class CompleteResponse(_message.Message):
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    UNITS_FIELD_NUMBER: _ClassVar[int]
+    CONSUMED_FIELD_NUMBER: _ClassVar[int]
     grant_id: str
     state: GrantState
     already_ended: bool
@@ -177,4 +200,6 @@ class CompleteResponse(_message.Message):
     issued_at: _timestamp_pb2.Timestamp
     expires_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
-    def __init__(self, grant_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., already_ended: _Optional[bool] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., account_id: _Optional[str] = ..., action: _Optional[str] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    units: int
+    consumed: int
+    def __init__(self, grant_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., already_ended: _Optional[bool] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., account_id: _Optional[str] = ..., action: _Optional[str] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., units: _Optional[int] = ..., consumed: _Optional[int] = ...) -> None: ...
