@@ -28,7 +28,10 @@ unless {
 };
 
 forbid (principal, action, resource)
-when { context.call has country && %(embargoed)s.contains(context.call.country) };
+when {
+  context.call has country &&
+  %(embargoed)s.contains(context.call.country)
+};
 
 forbid (principal, action, resource)
 when {
