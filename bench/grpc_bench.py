@@ -131,7 +131,9 @@ def main() -> int:
                 i, out)) for i in range(clients)]
             for proc in procs:
                 proc.start()
+            cpu_before = _server_cpu(server.pid)
             results = [out.get(timeout=seconds + 60) for _ in procs]
+            cpu_used = _server_cpu(server.pid) - cpu_before
             for proc in procs:
                 proc.join(30)
         finally:
@@ -157,10 +159,31 @@ def main() -> int:
         "p50_ms": round(_percentile(latencies, 0.50) * 1000, 3),
         "p99_ms": round(_percentile(latencies, 0.99) * 1000, 3),
         "mean_ms": round(statistics.fmean(latencies) * 1000, 3),
+        # CPU of the server's processes from the clients' start to their
+        # end (including their warm-up), per call served.
+        "server_cpu_us_per_call": round(cpu_used / len(latencies) * 1e6, 1),
         "decisions": decisions,
     }
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _server_cpu(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and its child processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            with open("/proc/%d/stat" % current) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%d/task/%d/children" % (current, current)) as f:
+                pids.extend(int(c) for c in f.read().split())
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _wait_serving(target: str, timeout: float = 60.0) -> None:
