@@ -213,6 +213,14 @@ class Authorizer:
     def close(self) -> None:
         self.store.close()
 
+    def refresh(self) -> int:
+        """Pick up a newly loaded revision now; return the current one."""
+        try:
+            self._refresh()
+        except StoreError as exc:
+            raise Unavailable(str(exc)) from exc
+        return self.revision
+
     def _refresh(self) -> None:
         """Build the matcher of the store's current revision."""
         with self.store.env.begin() as txn:

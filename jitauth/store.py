@@ -14,6 +14,7 @@ operating-system crash or power loss may lose the grants of the last moments
 import json
 import os
 import struct
+import threading
 
 from jitauth._core import Environment, StoreError
 
@@ -32,6 +33,40 @@ def revision_key(revision: int) -> bytes:
     return _U64.pack(revision)
 
 
+# LMDB allows one open handle per environment and process: closing a second
+# one clears the reader slots of the first.  Stores of one process on the
+# same directory therefore share one Environment, counted by its users.
+_OPEN: dict = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def _acquire(data_dir: str, readonly: bool) -> Environment:
+    key = (os.getpid(), os.path.realpath(data_dir))
+    with _OPEN_LOCK:
+        entry = _OPEN.get(key)
+        if entry is None or entry[0].closed:
+            map_size = int(os.environ.get("JITAUTH_MAP_SIZE",
+                                          DEFAULT_MAP_SIZE))
+            env = Environment(data_dir, DATABASES, map_size=map_size,
+                              sync=False, readonly=readonly)
+            entry = _OPEN[key] = [env, 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def _release(env: Environment) -> None:
+    key = (os.getpid(), os.path.realpath(env.path))
+    with _OPEN_LOCK:
+        entry = _OPEN.get(key)
+        if entry is None or entry[0] is not env:
+            env.close()
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del _OPEN[key]
+            env.close()
+
+
 class Store:
     """One open LMDB environment and the handles of its sub-databases."""
 
@@ -43,9 +78,7 @@ class Store:
             raise StoreError("no jitauth data in %s (run jitauth load "
                              "first)" % data_dir)
 
-        map_size = int(os.environ.get("JITAUTH_MAP_SIZE", DEFAULT_MAP_SIZE))
-        self.env = Environment(data_dir, DATABASES, map_size=map_size,
-                               sync=False, readonly=readonly)
+        self.env = _acquire(data_dir, readonly)
         self.path = data_dir
         self.meta = self.env.dbs["meta"]
         self.revisions = self.env.dbs["revisions"]
@@ -59,7 +92,9 @@ class Store:
         self.requests = self.env.dbs["requests"]
 
     def close(self) -> None:
-        self.env.close()
+        if self.env is not None:
+            _release(self.env)
+            self.env = None
 
     def current_revision(self, txn) -> int:
         raw = txn.get(self.meta, REVISION_KEY)
