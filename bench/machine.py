@@ -101,6 +101,22 @@ def children(pid: int) -> list:
         return []
 
 
+def command_line(pid: int) -> str:
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def spawned_workers(pid: int) -> list:
+    """Children of ``pid`` started by multiprocessing's spawn method.
+
+    This leaves out the resource tracker, which is also a child.
+    """
+    return [c for c in children(pid) if "spawn_main" in command_line(c)]
+
+
 def process_tree(pid: int) -> list:
     out = [pid]
     for child in children(pid):
