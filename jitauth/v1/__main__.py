@@ -14,9 +14,10 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 PROTO_DIR = os.path.join(ROOT, "proto")
-PROTO_FILES = ["jitauth/v1/authorizer.proto"]
+PROTO_FILES = ["jitauth/v1/authorizer.proto", "jitauth/v1/admin.proto"]
 GENERATED = ["authorizer_pb2.py", "authorizer_pb2.pyi",
-             "authorizer_pb2_grpc.py"]
+             "authorizer_pb2_grpc.py", "admin_pb2.py", "admin_pb2.pyi",
+             "admin_pb2_grpc.py"]
 
 
 def generate(out_dir: str) -> None:

@@ -203,3 +203,23 @@ class CompleteResponse(_message.Message):
     units: int
     consumed: int
     def __init__(self, grant_id: _Optional[str] = ..., state: _Optional[_Union[GrantState, str]] = ..., already_ended: _Optional[bool] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., account_id: _Optional[str] = ..., action: _Optional[str] = ..., issued_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., units: _Optional[int] = ..., consumed: _Optional[int] = ...) -> None: ...
+
+class RenewRequest(_message.Message):
+    __slots__ = ("grant_id", "account_id", "extend_by")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_BY_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    account_id: str
+    extend_by: _duration_pb2.Duration
+    def __init__(self, grant_id: _Optional[str] = ..., account_id: _Optional[str] = ..., extend_by: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RenewResponse(_message.Message):
+    __slots__ = ("grant_id", "expires_at", "max_expires_at")
+    GRANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    grant_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    max_expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, grant_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -44,6 +44,11 @@ class AuthorizerStub:
                 request_serializer=jitauth_dot_v1_dot_authorizer__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=jitauth_dot_v1_dot_authorizer__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Renew = channel.unary_unary(
+                '/jitauth.v1.Authorizer/Renew',
+                request_serializer=jitauth_dot_v1_dot_authorizer__pb2.RenewRequest.SerializeToString,
+                response_deserializer=jitauth_dot_v1_dot_authorizer__pb2.RenewResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizerServicer:
@@ -66,6 +71,15 @@ class AuthorizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Renew(self, request, context):
+        """Extend a live grant for a long action, never past the maximum lifetime
+        of the rule that issued it, never once it has ended (FAILED_PRECONDITION
+        naming its state).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +92,11 @@ def add_AuthorizerServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=jitauth_dot_v1_dot_authorizer__pb2.CompleteRequest.FromString,
                     response_serializer=jitauth_dot_v1_dot_authorizer__pb2.CompleteResponse.SerializeToString,
+            ),
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=jitauth_dot_v1_dot_authorizer__pb2.RenewRequest.FromString,
+                    response_serializer=jitauth_dot_v1_dot_authorizer__pb2.RenewResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +153,33 @@ class Authorizer:
             '/jitauth.v1.Authorizer/Complete',
             jitauth_dot_v1_dot_authorizer__pb2.CompleteRequest.SerializeToString,
             jitauth_dot_v1_dot_authorizer__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jitauth.v1.Authorizer/Renew',
+            jitauth_dot_v1_dot_authorizer__pb2.RenewRequest.SerializeToString,
+            jitauth_dot_v1_dot_authorizer__pb2.RenewResponse.FromString,
             options,
             channel_credentials,
             insecure,
