@@ -21,8 +21,13 @@ def write(run: dict, out_dir: str, stem: str) -> dict:
     """Write ``<stem>.json``, ``<stem>.md`` and the plots; return paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"plots": []}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        run["plots_skipped"] = ("matplotlib is not installed (pip install "
+                                "matplotlib)")
     for name, result in run["suites"].items():
-        if result.get("status") == "failed":
+        if result.get("status") == "failed" or run.get("plots_skipped"):
             continue
         module = importlib.import_module("bench.suites.%s" % name)
         try:
@@ -70,6 +75,8 @@ def markdown(run: dict) -> str:
         lines.append("## Skipped")
         lines += ["- %s: %s" % (k, v) for k, v in run["skipped"].items()]
         lines.append("")
+    if run.get("plots_skipped"):
+        lines.append("No plots: %s" % run["plots_skipped"])
     for plot in run.get("outputs", {}).get("plots", []):
         lines.append("![%s](%s)" % (plot, plot))
     return "\n".join(lines) + "\n"
