@@ -28,7 +28,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jitauth import telemetry, wire
+from jitauth import admin, telemetry, wire
+from jitauth.grants import GrantEnded
 from jitauth.model import GrantNotFound, InvalidInput, Unavailable
 from jitauth.v1 import authorizer_pb2 as pb
 
@@ -42,6 +43,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Authorizer"].full_name
 STATUS_CODES = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     GrantNotFound: grpc.StatusCode.NOT_FOUND,
+    GrantEnded: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
@@ -94,6 +96,14 @@ class AuthorizerServicer:
             telemetry.record_complete(result)
         return wire.complete_response(result)
 
+    def Renew(self, request: bytes, context) -> pb.RenewResponse:
+        try:
+            grant_id, account_id, extend_by_ms = wire.parse_renew(request)
+            grant = self._facade().renew(grant_id, account_id, extend_by_ms)
+        except Exception as exc:
+            self._fail(context, exc, "Renew")
+        return wire.renew_response(grant)
+
     def _facade(self):
         authorizer = self.authorizer
         if authorizer is None:
@@ -114,6 +124,8 @@ class AuthorizerServicer:
             context.abort(code, str(exc))
         if code is grpc.StatusCode.NOT_FOUND:
             context.abort(code, "no such grant")
+        if code is grpc.StatusCode.FAILED_PRECONDITION:
+            context.abort(code, str(exc))
         if code is grpc.StatusCode.UNAVAILABLE:
             log.debug("%s: unavailable: %s", method, exc)
             context.abort(code, "data unavailable; no decision was made")
@@ -132,6 +144,10 @@ def _method_handlers(servicer: AuthorizerServicer) -> dict:
         "Complete": grpc.unary_unary_rpc_method_handler(
             servicer.Complete,
             response_serializer=pb.CompleteResponse.SerializeToString,
+        ),
+        "Renew": grpc.unary_unary_rpc_method_handler(
+            servicer.Renew,
+            response_serializer=pb.RenewResponse.SerializeToString,
         ),
     }
 
@@ -180,9 +196,17 @@ class Service:
         self.server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
+        admin_handlers = admin.method_handlers(
+            admin.AdminServicer(self.servicer))
+        self.server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(admin.SERVICE_NAME,
+                                                  admin_handlers),))
+        self.server.add_registered_method_handlers(admin.SERVICE_NAME,
+                                                   admin_handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            (SERVICE_NAME, admin.SERVICE_NAME, health.SERVICE_NAME,
+             reflection.SERVICE_NAME),
             self.server)
         self._set_serving(False)
 

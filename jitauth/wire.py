@@ -74,6 +74,26 @@ def parse_complete(data: bytes) -> tuple[str, Outcome, int | None]:
     return msg.grant_id, outcome, units
 
 
+def parse_renew(data: bytes) -> tuple[str, str, int]:
+    """Check and convert a serialized ``RenewRequest``: the grant id, the
+    account and the extension in ms."""
+    msg = _parse(pb.RenewRequest, data)
+
+    if not msg.HasField("extend_by"):
+        raise InvalidInput("extend_by", "is required")
+    extend_by = msg.extend_by
+    if extend_by.seconds < 0 or extend_by.nanos < 0:
+        raise InvalidInput("extend_by", "must be a positive duration")
+    return msg.grant_id, msg.account_id, extend_by.ToMilliseconds()
+
+
+def renew_response(grant) -> pb.RenewResponse:
+    resp = pb.RenewResponse(grant_id=grant.id_hex)
+    resp.expires_at.FromMilliseconds(grant.expires_at_ms)
+    resp.max_expires_at.FromMilliseconds(grant.max_expires_at_ms)
+    return resp
+
+
 def authorize_response(result: AuthorizeResult) -> pb.AuthorizeResponse:
     resp = pb.AuthorizeResponse(
         decision=_ALLOW if result.allowed else _DENY,
@@ -112,6 +132,11 @@ def complete_response(result: CompleteResult) -> pb.CompleteResponse:
         if ms:
             getattr(resp, name).FromMilliseconds(ms)
     return resp
+
+
+def parse(cls, data: bytes):
+    """Parse raw request bytes into ``cls``, naming a bad field."""
+    return _parse(cls, data)
 
 
 def _parse(cls, data: bytes):
