@@ -9,6 +9,11 @@ Exit codes:
 - ``authorize``: 0 allowed; 1 denied; 2 bad arguments or an RPC error.
 - ``complete``: 0 the server answered (whatever the grant's final state);
   2 bad arguments or an RPC error (``NOT_FOUND`` for an unknown grant).
+- ``explain``: like ``authorize`` (0 would allow, 1 would deny), as a dry
+  run: nothing is issued or reserved.
+- ``renew``, ``grants``, ``revoke``, ``account``: 0 the server answered;
+  2 bad arguments or an RPC error (``FAILED_PRECONDITION`` when renewing a
+  grant that has ended).
 """
 
 import argparse
@@ -79,6 +84,60 @@ def _parser() -> argparse.ArgumentParser:
 
     auth = commands.add_parser("authorize",
                                help="ask a running server for a decision")
+    _add_request_options(auth)
+    auth.add_argument("--dry-run", action="store_true",
+                      help="decide only: issue no grant, reserve nothing")
+    auth.add_argument("--explain", action="store_true",
+                      help="print the evaluation steps")
+    auth.set_defaults(run=_authorize)
+
+    explain = commands.add_parser(
+        "explain", help="show why a request would be allowed or denied")
+    _add_request_options(explain)
+    explain.set_defaults(run=_authorize, dry_run=True, explain=True)
+
+    complete = commands.add_parser(
+        "complete", help="report that a granted action ended")
+    _add_client_options(complete)
+    complete.add_argument("grant_id")
+    complete.add_argument("--outcome", default="success",
+                          choices=["success", "failure", "cancelled"])
+    complete.add_argument("--units", type=int,
+                          help="quota units consumed (default: all "
+                          "reserved)")
+    complete.set_defaults(run=_complete)
+
+    renew = commands.add_parser("renew", help="extend a live grant")
+    _add_client_options(renew)
+    renew.add_argument("grant_id")
+    renew.add_argument("--account", required=True)
+    renew.add_argument("--extend-by", required=True, metavar="DURATION",
+                       help="new expiry = now + DURATION (90s, 5m, 1h)")
+    renew.set_defaults(run=_renew)
+
+    listing = commands.add_parser("grants",
+                                  help="list the live grants of an account")
+    _add_client_options(listing)
+    listing.add_argument("account")
+    listing.set_defaults(run=_grants)
+
+    revoke = commands.add_parser(
+        "revoke", help="revoke a grant, or every grant of an account")
+    _add_client_options(revoke)
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("grant_id", nargs="?")
+    which.add_argument("--account", help="revoke all its live grants")
+    revoke.set_defaults(run=_revoke)
+
+    account = commands.add_parser(
+        "account", help="an account's license, seats and quota usage")
+    _add_client_options(account)
+    account.add_argument("account")
+    account.set_defaults(run=_account)
+    return parser
+
+
+def _add_request_options(auth: argparse.ArgumentParser) -> None:
     _add_client_options(auth)
     auth.add_argument("--account", required=True)
     auth.add_argument("--subject", required=True)
@@ -93,16 +152,8 @@ def _parser() -> argparse.ArgumentParser:
     auth.add_argument("--resource-attr", action="append", default=[],
                       metavar="KEY=VALUE")
     auth.add_argument("--request-id", default="")
-    auth.set_defaults(run=_authorize)
-
-    complete = commands.add_parser(
-        "complete", help="report that a granted action ended")
-    _add_client_options(complete)
-    complete.add_argument("grant_id")
-    complete.add_argument("--outcome", default="success",
-                          choices=["success", "failure", "cancelled"])
-    complete.set_defaults(run=_complete)
-    return parser
+    auth.add_argument("--units", type=int, default=0,
+                      help="quota units to reserve (default: the rule's)")
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -173,12 +224,13 @@ def _pairs(option: str, items: list[str]) -> dict:
     return out
 
 
-def _call(args, method: str, request, response_cls):
+def _call(args, method: str, request, response_cls,
+          service: str = "jitauth.v1.Authorizer"):
     import grpc
 
     with grpc.insecure_channel(args.target) as channel:
         call = channel.unary_unary(
-            "/jitauth.v1.Authorizer/" + method,
+            "/%s/%s" % (service, method),
             request_serializer=type(request).SerializeToString,
             response_deserializer=response_cls.FromString)
         try:
@@ -204,8 +256,11 @@ def _authorize(args) -> int:
                 type=args.resource_type, id=args.resource_id,
                 attributes=_pairs("--resource-attr", args.resource_attr)),
             context=_pairs("--context", args.context),
+            units=args.units,
+            dry_run=args.dry_run,
+            explain=args.explain,
         )
-    except SystemExit as exc:
+    except (SystemExit, ValueError) as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE
 
@@ -227,6 +282,11 @@ def _complete(args) -> int:
     request = pb.CompleteRequest(
         grant_id=args.grant_id,
         outcome=pb.Outcome.Value("OUTCOME_" + args.outcome.upper()))
+    if args.units is not None:
+        if args.units < 0:
+            print("error: --units must be >= 0", file=sys.stderr)
+            return EXIT_USAGE
+        request.units = args.units
 
     response = _call(args, "Complete", request, pb.CompleteResponse)
     if response is None:
@@ -236,6 +296,122 @@ def _complete(args) -> int:
         print(_json(response))
     else:
         print(_describe_completion(response, pb))
+    return EXIT_OK
+
+
+def _renew(args) -> int:
+    from jitauth.policy import SourceError, parse_duration_ms
+    from jitauth.v1 import authorizer_pb2 as pb
+
+    try:
+        extend_by_ms = parse_duration_ms(args.extend_by)
+    except SourceError as exc:
+        print("error: --extend-by: %s" % exc.message, file=sys.stderr)
+        return EXIT_USAGE
+    request = pb.RenewRequest(grant_id=args.grant_id, account_id=args.account)
+    request.extend_by.FromMilliseconds(extend_by_ms)
+
+    response = _call(args, "Renew", request, pb.RenewResponse)
+    if response is None:
+        return EXIT_USAGE
+    if args.json:
+        print(_json(response))
+    else:
+        print("RENEWED\n  grant:    %s\n  expires:  %s\n  at most:  %s"
+              % (response.grant_id, _timestamp(response.expires_at),
+                 _timestamp(response.max_expires_at)))
+    return EXIT_OK
+
+
+def _admin(args, method: str, request, response_cls):
+    return _call(args, method, request, response_cls,
+                 service="jitauth.v1.Admin")
+
+
+def _grants(args) -> int:
+    from jitauth.v1 import admin_pb2 as apb
+
+    response = _admin(args, "ListGrants",
+                      apb.ListGrantsRequest(account_id=args.account),
+                      apb.ListGrantsResponse)
+    if response is None:
+        return EXIT_USAGE
+    if args.json:
+        print(_json(response))
+        return EXIT_OK
+
+    print("%d live grant(s) of %s" % (len(response.grants), args.account))
+    for g in response.grants:
+        held = ", ".join(filter(None, [
+            "limit %s" % g.limit if g.limit else "",
+            "%d unit(s) of %s" % (g.units, g.quota) if g.quota else ""]))
+        print("  %s  %s by %s on %s:%s  rule %s  expires %s%s"
+              % (g.grant_id, g.action, g.subject_id, g.resource_type,
+                 g.resource_id, g.rule_id, _timestamp(g.expires_at),
+                 "  (%s)" % held if held else ""))
+    return EXIT_OK
+
+
+def _revoke(args) -> int:
+    from jitauth.v1 import admin_pb2 as apb
+    from jitauth.v1 import authorizer_pb2 as pb
+
+    if args.account:
+        response = _admin(
+            args, "RevokeAccountGrants",
+            apb.RevokeAccountGrantsRequest(account_id=args.account),
+            apb.RevokeAccountGrantsResponse)
+        if response is None:
+            return EXIT_USAGE
+        print(_json(response) if args.json else
+              "revoked %d live grant(s) of %s" % (response.revoked,
+                                                  args.account))
+        return EXIT_OK
+
+    response = _admin(args, "RevokeGrant",
+                      apb.RevokeGrantRequest(grant_id=args.grant_id),
+                      apb.RevokeGrantResponse)
+    if response is None:
+        return EXIT_USAGE
+    state = _enum_name(pb.GrantState, response.state, "GRANT_STATE_")
+    print(_json(response) if args.json else "%s%s\n  grant:    %s"
+          % (state.upper(), " (already ended)" if response.already_ended
+             else "", response.grant_id))
+    return EXIT_OK
+
+
+def _account(args) -> int:
+    from jitauth.v1 import admin_pb2 as apb
+
+    r = _admin(args, "GetAccount",
+               apb.GetAccountRequest(account_id=args.account),
+               apb.GetAccountResponse)
+    if r is None:
+        return EXIT_USAGE
+    if args.json:
+        print(_json(r))
+        return EXIT_OK
+
+    if not r.HasField("license"):
+        print("%s: no license" % r.account_id)
+        return EXIT_OK
+    lic = r.license
+    window = "%s .. %s" % (
+        _timestamp(lic.valid_from) if lic.HasField("valid_from") else "-",
+        _timestamp(lic.valid_until) if lic.HasField("valid_until") else "-")
+    print("%s: plan %s, %s, valid %s" % (r.account_id, lic.plan, lic.status,
+                                         window))
+    if lic.entitlements:
+        print("  extra entitlements: %s" % ", ".join(lic.entitlements))
+    for name, value in sorted(lic.limits.items()):
+        print("  override: %s = %d" % (name, value))
+    print("  live grants: %d" % r.live_grants)
+    for name, used in sorted(r.seats.items()):
+        print("  seats %s: %d in use" % (name, used))
+    for q in r.quotas:
+        print("  quota %s (%s from %s): %d consumed + %d reserved of %d"
+              % (q.quota, q.period, _timestamp(q.period_start), q.consumed,
+                 q.reserved, q.limit))
     return EXIT_OK
 
 
@@ -271,9 +447,22 @@ def _describe_decision(r, pb) -> str:
         lines.append("  expires:  %s" % _timestamp(r.grant.expires_at))
     if r.rule_id:
         lines.append("  rule:     %s" % r.rule_id)
+    if r.units:
+        lines.append("  units:    %d" % r.units)
+    if r.HasField("retry_after"):
+        lines.append("  retry in: %.3f s" % (
+            r.retry_after.ToMilliseconds() / 1000))
+    if r.dry_run:
+        lines.append("  dry run:  nothing was issued or reserved")
+    if r.replayed:
+        lines.append("  replayed: the answer to an earlier request_id")
     lines.append("  revision: %d" % r.revision)
     if r.decision_id:
         lines.append("  decision: %s" % r.decision_id)
+    if r.explanation:
+        lines.append("  why:")
+        lines.extend("    %d. %s" % (n, step)
+                     for n, step in enumerate(r.explanation, 1))
     return "\n".join(lines)
 
 

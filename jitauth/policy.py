@@ -165,6 +165,11 @@ def _duration_ms(where: _Where, value) -> int:
     return ms
 
 
+def parse_duration_ms(text: str) -> int:
+    """A duration such as ``90s`` or ``5m`` in ms (1s to 24h)."""
+    return _duration_ms(_Where("<argument>", "duration", 0), text)
+
+
 def _action(where: _Where, value) -> str:
     value = _string(where, value)
     if not _ACTION.fullmatch(value):
