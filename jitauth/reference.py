@@ -351,6 +351,99 @@ class ReferenceMatcher:
                           subject_attributes, action, resource_type,
                           resource_id, resource_attributes, context, now_ms)
 
+    def explain(self, license, account_id, subject_id, roles,
+                subject_attributes, action, resource_type, resource_id,
+                resource_attributes, context, now_ms, tz_offsets=None):
+        """The steps ``match`` takes, one readable sentence each.
+
+        Lists the license checks, then every candidate rule (one whose
+        action, resource and roles match) with the first condition that
+        failed, and the outcome.  Slow, for operators: never on the hot
+        path unless a request asks for it.
+        """
+        reason, index, limit_max = self.match(
+            license, account_id, subject_id, roles, subject_attributes,
+            action, resource_type, resource_id, resource_attributes,
+            context, now_ms, tz_offsets)
+        if tz_offsets is None:
+            tz_offsets = clock.tz_offsets(self.timezones, now_ms)
+        steps = ["policy revision %d, %d rules" % (self.revision,
+                                                    len(self._rules))]
+
+        if license is None:
+            steps.append("license: account %s has none" % account_id)
+            return steps + [_verdict(reason, None)]
+        record = read_record(bytes(license))
+        steps.append("license: plan %s, %s, valid %s to %s"
+                     % (record.plan.decode("utf-8", "replace"),
+                        LicenseStatus(record.status).name.lower(),
+                        _moment(record.valid_from),
+                        _moment(record.valid_until)))
+        if reason in (Reason.LICENSE_INACTIVE, Reason.LICENSE_NOT_YET_VALID,
+                      Reason.LICENSE_EXPIRED):
+            return steps + [_verdict(reason, None)]
+
+        request = _Request(account_id, subject_id, roles, subject_attributes,
+                           action, resource_type, resource_id,
+                           resource_attributes, context, now_ms, tz_offsets)
+        candidates = [r for r in self._rules
+                      if self._is_candidate(r, request)]
+        steps.append("%d of %d rules match action %s on %s:%s for roles %s"
+                     % (len(candidates), len(self._rules), action,
+                        resource_type or "-", resource_id or "-",
+                        ", ".join(roles) or "(none)"))
+        for rule in candidates:
+            steps.append(self._explain_rule(rule, record, request))
+            if rule.deny and rule.index == index:
+                break
+
+        rule = self._rules[index] if index >= 0 else None
+        verdict = _verdict(reason, rule.id if rule else None)
+        if reason == Reason.ALLOWED_BY_RULE and limit_max >= 0:
+            verdict += "; limit %s admits %d live grants" % (rule.limit,
+                                                             limit_max)
+        return steps + [verdict]
+
+    def _explain_rule(self, rule: _Rule, record: LicenseRecord,
+                      request: _Request) -> str:
+        head = "rule %s (%s)" % (rule.id, rule.effect)
+        if not rule.deny and not self._entitled(rule, record):
+            return "%s: the license lacks entitlement %s" % (
+                head, rule.entitlement.decode())
+        for number, condition in enumerate(rule.conditions, 1):
+            if not self._holds(condition, record, request):
+                return "%s: condition %d failed: %s" % (
+                    head, number, self._describe(condition, record,
+                                                 request))
+        if not rule.conditions:
+            return "%s: applies (no conditions)" % head
+        return "%s: all %d conditions hold" % (head, len(rule.conditions))
+
+    def _describe(self, condition: _Condition, record: LicenseRecord,
+                  request: _Request) -> str:
+        if condition.op == "time":
+            weekday, minute = _local_day_minute(
+                request.now_ms, request.tz_offsets[condition.tz])
+            return ("local time %s %02d:%02d in %s is outside %02d:%02d-"
+                    "%02d:%02d on the allowed days"
+                    % (_WEEKDAYS[weekday], minute // 60, minute % 60,
+                       self.timezones[condition.tz], condition.start // 60,
+                       condition.start % 60, condition.end // 60,
+                       condition.end % 60))
+        value = self._attribute(condition, record, request)
+        attr = "%s.%s" % (condition.source, condition.key)
+        if value is None:
+            return "%s is absent" % attr
+        literal = condition.value
+        if condition.op == "cidr":
+            literal = "the listed networks"
+        elif isinstance(literal, list):
+            literal = [v.decode("utf-8", "replace") for v in literal]
+        elif isinstance(literal, bytes):
+            literal = literal.decode("utf-8", "replace")
+        return "%s = %r, wanted %s %s" % (
+            attr, value.decode("utf-8", "replace"), condition.op, literal)
+
     def _is_candidate(self, rule: _Rule, request: _Request) -> bool:
         if not any(_action_matches(p, request.action) for p in rule.actions):
             return False
@@ -452,3 +545,20 @@ class ReferenceMatcher:
             return number < condition.value
         return number <= condition.value
 
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _moment(ms: int) -> str:
+    if ms <= -(2**63) or ms >= 2**63 - 1:
+        return "-"
+    import datetime
+
+    return datetime.datetime.fromtimestamp(
+        ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _verdict(reason: int, rule_id: str | None) -> str:
+    text = "decision: %s" % Reason(reason).name.lower()
+    return text + (" (rule %s)" % rule_id if rule_id else "")
