@@ -13,6 +13,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyObject_GetBuffer, \
     PyBuffer_Release
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.object cimport PyObject
+from cpython.set cimport PySet_Contains
 from libc.stdint cimport int64_t, uint64_t
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memchr, memcpy, memset
@@ -75,9 +76,10 @@ cdef enum:
     STACK_ROLE_WORDS = 16
     STACK_ZONES = 16
     STACK_RECORD = 1024
-    # XXX: the per-action candidate cache is dropped whole when full;
-    # actions come from requests, so this bounds its memory.
-    MAX_CACHED_ACTIONS = 8192
+    # XXX: the candidate lists per action and resource type are dropped
+    # all at once when they grow past these counts (lists, rule slots).
+    MAX_CACHED_LISTS = 16384
+    MAX_CACHED_RULES = 1 << 22
 
 cdef enum:
     # Where a condition's attribute comes from.
@@ -441,11 +443,29 @@ cdef class _Rule:
 
 
 cdef class _Candidates:
-    """The rules one action can match, in file order."""
+    """The rules an action can match, in file order.
+
+    An action's list keeps, per resource type seen, the shorter list of its
+    rules that match that type too: the one a decision walks.
+    """
 
     cdef list rules
     cdef Py_ssize_t n
     cdef Py_ssize_t last_deny   # position of the last deny rule, or -1
+    cdef dict by_type
+
+    @staticmethod
+    cdef _Candidates of(list rules):
+        cdef _Candidates self = _Candidates.__new__(_Candidates)
+        cdef Py_ssize_t i
+        self.rules = rules
+        self.n = len(rules)
+        self.last_deny = -1
+        for i in range(self.n):
+            if (<_Rule>rules[i]).deny:
+                self.last_deny = i
+        self.by_type = {}
+        return self
 
 
 cdef struct _Ask:
@@ -497,6 +517,8 @@ cdef class Matcher:
     cdef dict _prefixes
     cdef list _star
     cdef dict _by_action
+    cdef Py_ssize_t _cached_lists
+    cdef Py_ssize_t _cached_rules
     cdef dict _role_numbers
     cdef Py_ssize_t _role_words
     cdef Py_ssize_t _n_zones
@@ -689,33 +711,44 @@ cdef class Matcher:
 
     # --- per request ---------------------------------------------------------
 
-    cdef _Candidates _candidates(self, str action):
+    cdef _Candidates _candidates(self, str action, str resource_type):
         cdef PyObject *hit = PyDict_GetItemWithError(self._by_action, action)
         cdef _Candidates found
         cdef Py_ssize_t dot
 
         if hit != NULL:
+            found = <_Candidates>hit
+        else:
+            indexes = set(self._star)
+            indexes.update(self._exact.get(action, ()))
+            dot = action.find(".")
+            while dot >= 0:
+                indexes.update(self._prefixes.get(action[:dot + 1], ()))
+                dot = action.find(".", dot + 1)
+            found = _Candidates.of([self._rules[i] for i in sorted(indexes)])
+            self._remember(found.n)
+            self._by_action[action] = found
+
+        hit = PyDict_GetItemWithError(found.by_type, resource_type)
+        if hit != NULL:
             return <_Candidates>hit
+        typed = _Candidates.of(
+            [rule for rule in found.rules
+             if (<_Rule>rule).types is None
+             or resource_type in (<_Rule>rule).types])
+        self._remember(typed.n)
+        found.by_type[resource_type] = typed
+        return typed
 
-        indexes = set(self._star)
-        indexes.update(self._exact.get(action, ()))
-        dot = action.find(".")
-        while dot >= 0:
-            indexes.update(self._prefixes.get(action[:dot + 1], ()))
-            dot = action.find(".", dot + 1)
-
-        found = _Candidates.__new__(_Candidates)
-        found.rules = [self._rules[i] for i in sorted(indexes)]
-        found.n = len(found.rules)
-        found.last_deny = -1
-        for i in range(found.n):
-            if (<_Rule>found.rules[i]).deny:
-                found.last_deny = i
-
-        if len(self._by_action) >= MAX_CACHED_ACTIONS:
+    cdef _remember(self, Py_ssize_t n):
+        # Actions and types come from requests: bound what is kept.
+        self._cached_lists += 1
+        self._cached_rules += n
+        if (self._cached_lists > MAX_CACHED_LISTS
+                or self._cached_rules > MAX_CACHED_RULES):
             self._by_action.clear()
-        self._by_action[action] = found
-        return found
+            self._cached_lists = 1
+            self._cached_rules = n
 
     cdef Py_ssize_t _plan(self, _Ask *ask) noexcept:
         cdef const _Record *r = &ask.record
@@ -765,20 +798,15 @@ cdef class Matcher:
         return 0
 
     cdef bint _targets(self, _Rule rule, _Ask *ask) except -1:
-        cdef str resource_id, resource_type
+        """Whether the resource id and the roles match (the action and the
+        resource type do, for every rule of a candidate list)."""
+        cdef str resource_id
         cdef int i, role
-
-        if rule.types is not None:
-            resource_type = <object>ask.resource_type
-            for t in rule.types:
-                if <str>t == resource_type:
-                    break
-            else:
-                return False
 
         if not rule.any_id:
             resource_id = <str>ask.resource_id
-            if not (rule.exact_ids and resource_id in rule.exact_ids):
+            if not (rule.exact_ids
+                    and PySet_Contains(rule.exact_ids, resource_id) == 1):
                 for prefix in rule.id_prefixes:
                     if PyUnicode_Tailmatch(resource_id, prefix, 0,
                                            PY_SSIZE_T_MAX, -1):
@@ -873,9 +901,9 @@ cdef class Matcher:
         if op == OP_NE:
             return value != c.text
         if op == OP_IN:
-            return value in c.texts
+            return PySet_Contains(c.texts, value) == 1
         if op == OP_NOT_IN:
-            return value not in c.texts
+            return PySet_Contains(c.texts, value) == 0
 
         # Numbers and addresses are ASCII; anything else is neither.
         PyUnicode_READY(value)
@@ -964,7 +992,8 @@ cdef class Matcher:
         try:
             if ask.role_bits == NULL or ask.zone_offsets == NULL:
                 raise MemoryError()
-            candidates = self._candidates(<str>ask.action)
+            candidates = self._candidates(<str>ask.action,
+                                          <str>ask.resource_type)
 
             for k in range(candidates.n):
                 rule = <_Rule>candidates.rules[k]
@@ -973,7 +1002,8 @@ cdef class Matcher:
                         break
                     if not rule.deny:
                         continue
-                if not self._targets(rule, ask):
+                if (not rule.any_id or rule.n_roles) and not self._targets(
+                        rule, ask):
                     continue
                 if rule.deny:
                     if self._conditions_hold(rule, ask):
