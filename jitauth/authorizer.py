@@ -35,7 +35,7 @@ from jitauth.model import (
     Unavailable,
 )
 from jitauth.reference import ReferenceMatcher
-from jitauth.store import Store
+from jitauth.store import Store, durability
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,9 @@ _MESSAGES = {
                             "for this period.",
 }
 
+# Grants ended or expired more than an hour ago are purged this often.
+PURGE_EVERY_S = 60
+
 # A revision can change between reading it and matching; retry this often.
 _STALE_RETRIES = 8
 
@@ -198,6 +201,8 @@ class Authorizer:
         self._matcher = None
         self._policy = None
         self._explainer = None
+        self._durability = durability()
+        self._last_purge = time.monotonic()
         try:
             self._refresh()
         except StoreError as exc:
@@ -481,6 +486,21 @@ class Authorizer:
             if g.limit:
                 seats[g.limit] = seats.get(g.limit, 0) + 1
         return AccountView(account_id, lic, live, seats, usage, now_ms)
+
+    def maintain(self) -> None:
+        """Periodic upkeep; the server calls it about once a second.
+
+        Flushes grant writes to disk under the ``interval`` durability and,
+        every ``PURGE_EVERY_S`` seconds, purges grants long dead.
+        """
+        if self._durability == "interval":
+            self.store.env.sync()
+        now = time.monotonic()
+        if now - self._last_purge >= PURGE_EVERY_S:
+            self._last_purge = now
+            removed = self.purge()
+            if removed:
+                log.debug("purged %d grants", removed)
 
     def purge(self, keep_ms: int = 3_600_000) -> int:
         """Delete grant records that expired more than ``keep_ms`` ago."""

@@ -261,7 +261,8 @@ class Service:
             self.servicer.authorizer = authorizer
 
         try:
-            serving = authorizer.revision > 0
+            serving = authorizer.refresh() > 0
+            authorizer.maintain()
         except Exception:
             log.exception("cannot read the revision of %s", self.data_dir)
             serving = False

@@ -5,10 +5,22 @@ through the memory map; LMDB serialises writers across processes, which is
 what makes grant issuing and seat counting atomic.  ``docs/internals.md``
 lists the sub-databases and their layouts.
 
-Durability: policy loads are flushed to disk before ``load`` returns.  Grant
-writes skip the fsync (``MDB_NOSYNC``): a crashed process loses nothing, an
-operating-system crash or power loss may lose the grants of the last moments
-(they then count as never issued: completing them answers NOT_FOUND).
+Durability of grant and usage writes is chosen with ``JITAUTH_DURABILITY``
+(policy and license loads are always flushed before ``load`` returns):
+
+- ``sync``: every commit is fsynced.  Nothing acknowledged is ever lost,
+  and every allow waits for the disk.
+- ``interval`` (the default): commits skip the fsync (``MDB_NOSYNC``) and
+  each server worker flushes the environment once a second.  A crashed
+  process loses nothing (its commits are in the page cache); an
+  operating-system crash or power loss loses at most the last second.
+- ``nosync``: commits skip the fsync and only the kernel's own write-back
+  flushes them (about 30 s on Linux).
+
+LMDB keeps the database consistent in all three: a lost commit is undone
+whole.  A lost grant counts as never issued (completing it answers
+NOT_FOUND) and its seat and quota units come back, which can let the
+account exceed a limit by what the lost second held.
 """
 
 import json
@@ -25,6 +37,16 @@ REVISION_KEY = b"revision"
 # XXX: the map size bounds the whole store (32 GiB of address space, not
 # of disk: the file grows as data arrives).  Raise it with JITAUTH_MAP_SIZE.
 DEFAULT_MAP_SIZE = 32 << 30
+DURABILITY = ("sync", "interval", "nosync")
+
+
+def durability() -> str:
+    """The durability chosen for this process (see the module docstring)."""
+    choice = os.environ.get("JITAUTH_DURABILITY", "interval")
+    if choice not in DURABILITY:
+        raise ValueError("JITAUTH_DURABILITY must be one of %s, not %r"
+                         % (", ".join(DURABILITY), choice))
+    return choice
 
 _U64 = struct.Struct(">Q")
 
@@ -48,7 +70,8 @@ def _acquire(data_dir: str, readonly: bool) -> Environment:
             map_size = int(os.environ.get("JITAUTH_MAP_SIZE",
                                           DEFAULT_MAP_SIZE))
             env = Environment(data_dir, DATABASES, map_size=map_size,
-                              sync=False, readonly=readonly)
+                              sync=durability() == "sync",
+                              readonly=readonly)
             entry = _OPEN[key] = [env, 0]
         entry[1] += 1
         return entry[0]

@@ -332,6 +332,12 @@ class Broken:
     matcher_name = "compiled"
     revision = 1
 
+    def refresh(self):
+        return self.revision
+
+    def maintain(self):
+        pass
+
     def authorize(self, query):
         raise RuntimeError("disk on fire at /secret/path")
 
@@ -395,6 +401,12 @@ class Slow:
     @property
     def revision(self):
         return self.inner.revision
+
+    def refresh(self):
+        return self.inner.refresh()
+
+    def maintain(self):
+        self.inner.maintain()
 
     def authorize(self, query):
         self.started.set()
