@@ -132,3 +132,12 @@ def nghttpd(binary: str, docroot: str, work_dir: str) -> Server:
             str(port)]
     return Server("nghttpd", argv, port,
                   os.path.join(work_dir, "nghttpd.log"))
+
+
+def grpc_floor(workers: int, work_dir: str) -> Server:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.floor_server", "--port", str(port),
+            "--workers", str(workers)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return Server("grpc-floor", argv, port,
+                  os.path.join(work_dir, "grpc-floor.log"), cwd=root)

@@ -7,8 +7,11 @@ request mix as jitauth's reference matcher does.  Then the same load
 generators drive each: h2load with a prebuilt gRPC frame (one allowed
 request; on jitauth every allow issues a grant, an LMDB write) at fixed
 rates and at saturation, and the multi-connection Python client over the
-whole mix.  nghttpd serving a two-byte file to h2load is the floor: what
-HTTP/2 on this machine costs with no authorization at all.
+whole mix.  Two floors: nghttpd serving a two-byte file to h2load (what
+HTTP/2 on this machine costs with no authorization at all), and
+``bench.floor_server``, a grpcio server shaped like ``jitauth serve`` that
+answers every call with an empty message (what Python gRPC serving costs
+before any deciding).
 
 Server CPU is read from ``/proc`` for the server's whole process tree
 (jitauth: the supervisor and its 2 workers) before and after each step;
@@ -152,6 +155,9 @@ def run(config, progress, found) -> dict:
         targets += _start_cerbos(config, progress, wl, root, truth,
                                  actions, allow_index, result, started)
 
+        targets += _start_grpc_floor(root, bodies, allow_index, result,
+                                     started)
+
         if h2load_bin:
             try:
                 nghttpd_bin = tools.debian("nghttpd", "nghttp2-server",
@@ -206,6 +212,20 @@ def _start_cerbos(config, progress, wl, root, truth, actions, allow_index,
         return []
     return [Target("cerbos", server, "http://%s%s" % (server.target, CHECK),
                    CHECK, bodies, grpc_frame(bodies[allow_index]))]
+
+
+def _start_grpc_floor(root, bodies, allow_index, result, started) -> list:
+    """The no-op Python gRPC server, sent jitauth's own requests."""
+    server = servers.grpc_floor(WORKERS, root)
+    started.append(server)
+    try:
+        server.wait_ready(_ready(server.target, AUTHORIZE, bodies[0]))
+    except servers.StartFailed as exc:
+        result["skipped"]["grpc-floor"] = str(exc)
+        return []
+    return [Target("grpc-floor", server, "http://%s%s" % (server.target,
+                                                          AUTHORIZE),
+                   AUTHORIZE, bodies, grpc_frame(bodies[allow_index]))]
 
 
 def _drive(config, progress, targets, h2load_bin, root, result) -> None:
