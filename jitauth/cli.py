@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds to drain calls in flight on shutdown")
     serve.add_argument("--demo", action="store_true",
                        help="create the demo data if absent and serve it")
+    serve.add_argument("--envoy-config", metavar="FILE",
+                       help="also serve Envoy's ext_authz and access log "
+                       "services, mapping HTTP requests as FILE says")
     serve.set_defaults(run=_serve)
 
     auth = commands.add_parser("authorize",
@@ -199,6 +202,16 @@ def _serve(args) -> int:
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    envoy = None
+    if args.envoy_config:
+        from jitauth.envoy import MappingError, load_mapping
+
+        try:
+            envoy = load_mapping(args.envoy_config)
+            import jitauth.envoy.check  # noqa: F401  (needs xds-protos)
+        except (MappingError, OSError, ImportError) as exc:
+            print("error: --envoy-config: %s" % exc, file=sys.stderr)
+            return EXIT_USAGE
 
     def listening(address: str) -> None:
         print("jitauth serving %s on %s" % (os.path.abspath(data_dir),
@@ -206,7 +219,7 @@ def _serve(args) -> int:
 
     try:
         return serve(data_dir, listen, args.workers, matcher=args.matcher,
-                     grace=args.grace, on_listening=listening)
+                     grace=args.grace, on_listening=listening, envoy=envoy)
     except (OSError, ValueError) as exc:
         print("error: cannot listen on %s: %s" % (listen, exc),
               file=sys.stderr)

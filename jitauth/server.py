@@ -162,7 +162,7 @@ class Service:
 
     def __init__(self, data_dir: str, *, listen: str = "127.0.0.1:0",
                  matcher: str = "compiled", tracer_provider=None,
-                 open_authorizer=None):
+                 open_authorizer=None, envoy=None):
         self.data_dir = data_dir
         self.listen = listen
         self.matcher = matcher
@@ -173,6 +173,14 @@ class Service:
         self._watcher = None
         self._serving = None
         self._warned = False
+        # An Envoy mapping (jitauth.envoy.Mapping) adds ext_authz and the
+        # access log receiver, and threads for the log streams.
+        self.envoy = envoy
+        threads = THREADS
+        if envoy is not None:
+            from jitauth import envoy as envoy_services
+
+            threads += envoy_services.extra_threads()
 
         self.servicer = AuthorizerServicer(
             traced=tracer_provider is not None)
@@ -181,7 +189,7 @@ class Service:
         if tracer_provider is not None:
             interceptors.append(telemetry.ServerTracing(tracer_provider))
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(THREADS,
+            futures.ThreadPoolExecutor(threads,
                                        thread_name_prefix="jitauth-rpc"),
             interceptors=interceptors,
             options=[
@@ -203,6 +211,12 @@ class Service:
                                                   admin_handlers),))
         self.server.add_registered_method_handlers(admin.SERVICE_NAME,
                                                    admin_handlers)
+        if self.envoy is not None:
+            from jitauth import envoy
+
+            envoy.add_services(
+                self.server, self.envoy, lambda: self.servicer.authorizer,
+                traced=self._tracer_provider is not None)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, admin.SERVICE_NAME, health.SERVICE_NAME,
@@ -317,7 +331,7 @@ def _format_address(host: str, port: int) -> str:
 
 
 def _worker_main(index: int, data_dir: str, address: str, matcher: str,
-                 grace: float, log_level: int) -> None:
+                 grace: float, log_level: int, envoy=None) -> None:
     from jitauth.cli import configure_logging
 
     configure_logging(log_level)
@@ -326,7 +340,8 @@ def _worker_main(index: int, data_dir: str, address: str, matcher: str,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     service = Service(data_dir, listen=address, matcher=matcher,
-                      tracer_provider=telemetry.provider_from_env())
+                      tracer_provider=telemetry.provider_from_env(),
+                      envoy=envoy)
     service.start()
     log.info("worker %d (pid %d) serving on %s", index, os.getpid(),
              address)
@@ -338,11 +353,12 @@ def _worker_main(index: int, data_dir: str, address: str, matcher: str,
 
 def serve(data_dir: str, listen: str, workers: int = 1, *,
           matcher: str = "compiled", grace: float = 5.0,
-          on_listening=None) -> int:
+          on_listening=None, envoy=None) -> int:
     """Run the server until SIGTERM or SIGINT; return the exit status.
 
     ``on_listening(address)`` is called once the port is reserved, with the
-    real ``HOST:PORT``.
+    real ``HOST:PORT``.  ``envoy``, a :class:`jitauth.envoy.Mapping`, makes
+    every worker also serve Envoy's ext_authz and access log services.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -362,7 +378,7 @@ def serve(data_dir: str, listen: str, workers: int = 1, *,
     def start(index: int):
         proc = ctx.Process(
             target=_worker_main, name="jitauth-worker-%d" % index,
-            args=(index, data_dir, address, matcher, grace, level))
+            args=(index, data_dir, address, matcher, grace, level, envoy))
         proc.start()
         return proc
 
