@@ -208,51 +208,58 @@ cdef int _read_record(const unsigned char *p, size_t size,
 
 
 cdef inline bint _same(const unsigned char *p, size_t n,
-                       bytes text) noexcept:
-    return (<size_t>PyBytes_GET_SIZE(text) == n
-            and memcmp(p, PyBytes_AS_STRING(text), n) == 0)
+                       const unsigned char *q, size_t m) noexcept nogil:
+    return n == m and memcmp(p, q, n) == 0
 
 
-cdef bint _has_entitlement(const _Record *r, bytes name) noexcept:
+cdef inline bint _same_bytes(const unsigned char *p, size_t n,
+                             bytes text) noexcept:
+    return _same(p, n, <const unsigned char *>PyBytes_AS_STRING(text),
+                 PyBytes_GET_SIZE(text))
+
+
+cdef bint _has_entitlement(const _Record *r, const unsigned char *name,
+                           size_t size) noexcept nogil:
     cdef size_t pos = r.entitlements_at
     cdef size_t n
     cdef unsigned int i
     for i in range(r.n_entitlements):
         n = _u16(r.base + pos)
-        if _same(r.base + pos + 2, n, name):
+        if _same(r.base + pos + 2, n, name, size):
             return True
         pos += 2 + n
     return False
 
 
-cdef bint _own_limit(const _Record *r, bytes name,
-                     int64_t *value) noexcept:
+cdef bint _own_limit(const _Record *r, const unsigned char *name,
+                     size_t size, int64_t *value) noexcept nogil:
     cdef size_t pos = r.limits_at
     cdef size_t n
     cdef unsigned int i
     for i in range(r.n_limits):
         n = _u16(r.base + pos)
-        if _same(r.base + pos + 2, n, name):
+        if _same(r.base + pos + 2, n, name, size):
             value[0] = _i64(r.base + pos + 2 + n)
             return True
         pos += 2 + n + 8
     return False
 
 
-cdef bint _attribute(const _Record *r, bytes key,
-                     const unsigned char **value, size_t *size) noexcept:
+cdef bint _attribute(const _Record *r, const unsigned char *key,
+                     size_t size, const unsigned char **value,
+                     size_t *value_size) noexcept nogil:
     cdef size_t pos = r.attributes_at
     cdef size_t n
     cdef unsigned int i
     cdef bint found
     for i in range(r.n_attributes):
         n = _u16(r.base + pos)
-        found = _same(r.base + pos + 2, n, key)
+        found = _same(r.base + pos + 2, n, key, size)
         pos += 2 + n
         n = _u16(r.base + pos)
         if found:
             value[0] = r.base + pos + 2
-            size[0] = n
+            value_size[0] = n
             return True
         pos += 2 + n
     return False
@@ -348,6 +355,49 @@ cdef inline int64_t _floor_div(int64_t a, int64_t b) noexcept:
 
 
 # --- compiled policy ---------------------------------------------------------
+#
+# Each rule and condition is compiled into a Python object that owns its
+# values (_Rule, _Condition) and mirrored into a C struct (_Hot, _Cond) that
+# borrows them.  The structs sit in two contiguous arrays, so a decision
+# walks a few cache lines per rule instead of a web of Python objects.
+
+cdef struct _Cond:
+    int op
+    int source
+    PyObject *key                   # str: key in a request map
+    const unsigned char *key_utf8   # the key, for license attributes
+    size_t key_len
+    PyObject *text                  # str: eq, ne
+    const unsigned char *text_utf8
+    size_t text_len
+    PyObject *texts                 # frozenset of str: in, not_in
+    PyObject *texts_utf8            # tuple of bytes: in, not_in
+    double number
+    const _Network *networks
+    int n_networks
+    int start, end, days, tz
+
+
+cdef struct _Hot:
+    bint deny
+    bint any_id
+    int n_roles
+    const int *roles                # role numbers; none: any subject
+    PyObject *exact_ids             # frozenset of str, NULL if none
+    PyObject *id_prefixes           # tuple of str
+    const unsigned char *entitlement    # NULL: none needed
+    size_t entitlement_len
+    Py_ssize_t entitlement_no
+    const unsigned char *limit      # NULL: no limit
+    size_t limit_len
+    Py_ssize_t limit_no
+    Py_ssize_t first_condition
+    Py_ssize_t n_conditions
+
+
+cdef inline const unsigned char *_chars(bytes b) noexcept:
+    return <const unsigned char *>PyBytes_AS_STRING(b)
+
 
 cdef class _Condition:
     cdef int op
@@ -366,7 +416,34 @@ cdef class _Condition:
     def __dealloc__(self):
         free(self.networks)
 
-    cdef _compile(self, dict spec, Py_ssize_t n_zones):
+    cdef void mirror(self, _Cond *c) noexcept:
+        c.op = self.op
+        c.source = self.source
+        c.key = <PyObject *>self.key
+        c.key_utf8 = NULL
+        c.text = NULL
+        c.text_utf8 = NULL
+        c.texts = NULL
+        c.texts_utf8 = NULL
+        if self.key_utf8 is not None:
+            c.key_utf8 = _chars(self.key_utf8)
+            c.key_len = len(self.key_utf8)
+        if self.text is not None:
+            c.text = <PyObject *>self.text
+            c.text_utf8 = _chars(self.text_utf8)
+            c.text_len = len(self.text_utf8)
+        if self.texts is not None:
+            c.texts = <PyObject *>self.texts
+            c.texts_utf8 = <PyObject *>self.texts_utf8
+        c.number = self.number
+        c.networks = self.networks
+        c.n_networks = self.n_networks
+        c.start = self.start
+        c.end = self.end
+        c.days = self.days
+        c.tz = self.tz
+
+    cdef _compile(self, dict spec, Py_ssize_t n_zones, dict shared):
         cdef str source, key
         cdef Py_ssize_t i
 
@@ -385,14 +462,16 @@ cdef class _Condition:
         source, _, key = attr.partition(".")
         self.source = _SPECIAL_SOURCES.get(attr,
                                            _SOURCES.get(source, SRC_NONE))
-        self.key = key
+        # Equal keys and literals share one object, which stays in cache.
+        self.key = shared.setdefault(key, key)
         self.key_utf8 = _encode(key)
         value = spec["value"]
         if self.op in (OP_EQ, OP_NE):
-            self.text = value
+            self.text = shared.setdefault(value, value)
             self.text_utf8 = _encode(value)
         elif self.op in (OP_IN, OP_NOT_IN):
-            self.texts = frozenset(value)
+            texts = frozenset(value)
+            self.texts = shared.setdefault(texts, texts)
             self.texts_utf8 = tuple(_encode(v) for v in value)
         elif self.op == OP_CIDR:
             self.networks = <_Network *>calloc(max(len(value), 1),
@@ -441,6 +520,27 @@ cdef class _Rule:
     def __dealloc__(self):
         free(self.roles)
 
+    cdef void mirror(self, _Hot *h, Py_ssize_t first_condition) noexcept:
+        h.deny = self.deny
+        h.any_id = self.any_id
+        h.n_roles = self.n_roles
+        h.roles = self.roles
+        h.exact_ids = (<PyObject *>self.exact_ids if self.exact_ids
+                       else NULL)
+        h.id_prefixes = <PyObject *>self.id_prefixes
+        h.entitlement = NULL
+        if self.entitlement is not None:
+            h.entitlement = _chars(self.entitlement)
+            h.entitlement_len = len(self.entitlement)
+        h.entitlement_no = self.entitlement_no
+        h.limit = NULL
+        if self.limit_utf8 is not None:
+            h.limit = _chars(self.limit_utf8)
+            h.limit_len = len(self.limit_utf8)
+        h.limit_no = self.limit_no
+        h.first_condition = first_condition
+        h.n_conditions = len(self.conditions)
+
 
 cdef class _Candidates:
     """The rules an action can match, in file order.
@@ -450,19 +550,29 @@ cdef class _Candidates:
     """
 
     cdef list rules
+    cdef int *indexes
     cdef Py_ssize_t n
     cdef Py_ssize_t last_deny   # position of the last deny rule, or -1
     cdef dict by_type
 
+    def __dealloc__(self):
+        free(self.indexes)
+
     @staticmethod
     cdef _Candidates of(list rules):
         cdef _Candidates self = _Candidates.__new__(_Candidates)
+        cdef _Rule rule
         cdef Py_ssize_t i
         self.rules = rules
         self.n = len(rules)
+        self.indexes = <int *>malloc((self.n + 1) * sizeof(int))
+        if self.indexes == NULL:
+            raise MemoryError()
         self.last_deny = -1
         for i in range(self.n):
-            if (<_Rule>rules[i]).deny:
+            rule = rules[i]
+            self.indexes[i] = rule.index
+            if rule.deny:
                 self.last_deny = i
         self.by_type = {}
         return self
@@ -513,6 +623,9 @@ cdef class Matcher:
     cdef readonly bint has_time_conditions
     cdef uint64_t _revision
     cdef list _rules
+    cdef _Hot *_hot
+    cdef _Cond *_conds
+    cdef dict _shared
     cdef dict _exact
     cdef dict _prefixes
     cdef list _star
@@ -541,6 +654,8 @@ cdef class Matcher:
     cdef tuple _stale
 
     def __cinit__(self):
+        self._hot = NULL
+        self._conds = NULL
         self._plan_hashes = NULL
         self._plan_slots = NULL
         self._plan_entitlements = NULL
@@ -548,6 +663,8 @@ cdef class Matcher:
         self._plan_limits = NULL
 
     def __dealloc__(self):
+        free(self._hot)
+        free(self._conds)
         free(self._plan_hashes)
         free(self._plan_slots)
         free(self._plan_entitlements)
@@ -566,11 +683,13 @@ cdef class Matcher:
         self.timezones = list(policy.get("timezones", ()))
         self._n_zones = len(self.timezones)
         self._role_numbers = {}
+        self._shared = {}
         self._rules = []
         for index, spec in enumerate(policy["rules"]):
             self._rules.append(self._compile_rule(index, spec, entitlements,
                                                   limits))
         self._role_words = (len(self._role_numbers) + 63) // 64
+        self._mirror()
         self.rule_ids = [(<_Rule>rule).id for rule in self._rules]
         self.has_time_conditions = any(
             (<_Condition>c).op == OP_TIME
@@ -602,8 +721,9 @@ cdef class Matcher:
         types = list(spec["resource_types"])
         rule.types = None if "*" in types else tuple(types)
         ids = list(spec["resource_ids"])
-        rule.id_prefixes = tuple(p[:len(p) - 1] for p in ids
-                                if p.endswith("*"))
+        rule.id_prefixes = tuple(
+            self._shared.setdefault(p[:len(p) - 1], p[:len(p) - 1])
+            for p in ids if p.endswith("*"))
         rule.exact_ids = frozenset(p for p in ids if not p.endswith("*"))
         rule.any_id = "" in rule.id_prefixes
 
@@ -626,7 +746,7 @@ cdef class Matcher:
         conditions = []
         for c in spec.get("when") or ():
             condition = _Condition.__new__(_Condition)
-            condition._compile(c, self._n_zones)
+            condition._compile(c, self._n_zones, self._shared)
             conditions.append(condition)
         rule.conditions = tuple(conditions)
 
@@ -637,6 +757,23 @@ cdef class Matcher:
             rule.limit_utf8 = _encode(rule.limit)
             rule.limit_no = limits.setdefault(rule.limit, len(limits))
         return rule
+
+    cdef _mirror(self):
+        cdef Py_ssize_t n_conditions = 0
+        cdef Py_ssize_t i, k = 0
+        cdef _Rule rule
+
+        for rule in self._rules:
+            n_conditions += len(rule.conditions)
+        self._hot = <_Hot *>calloc(len(self._rules) + 1, sizeof(_Hot))
+        self._conds = <_Cond *>calloc(n_conditions + 1, sizeof(_Cond))
+        if self._hot == NULL or self._conds == NULL:
+            raise MemoryError()
+        for i, rule in enumerate(self._rules):
+            rule.mirror(&self._hot[i], k)
+            for condition in rule.conditions:
+                (<_Condition>condition).mirror(&self._conds[k])
+                k += 1
 
     cdef _index_actions(self, list specs):
         self._exact = {}
@@ -762,8 +899,8 @@ cdef class Matcher:
         ask.plan = -1
         while self._plan_slots[slot] != -1:
             p = self._plan_slots[slot]
-            if (self._plan_hashes[p] == h
-                    and _same(r.plan, r.plan_len, self._plan_names[p])):
+            if (self._plan_hashes[p] == h and _same_bytes(
+                    r.plan, r.plan_len, self._plan_names[p])):
                 ask.plan = p
                 break
             slot = (slot + 1) & self._plan_mask
@@ -797,57 +934,56 @@ cdef class Matcher:
         ask.zones_ready = True
         return 0
 
-    cdef bint _targets(self, _Rule rule, _Ask *ask) except -1:
+    cdef bint _targets(self, const _Hot *h, _Ask *ask) except -1:
         """Whether the resource id and the roles match (the action and the
         resource type do, for every rule of a candidate list)."""
-        cdef str resource_id
         cdef int i, role
 
-        if not rule.any_id:
-            resource_id = <str>ask.resource_id
-            if not (rule.exact_ids
-                    and PySet_Contains(rule.exact_ids, resource_id) == 1):
-                for prefix in rule.id_prefixes:
+        if not h.any_id:
+            resource_id = <object>ask.resource_id
+            if not (h.exact_ids != NULL and PySet_Contains(
+                    <object>h.exact_ids, resource_id) == 1):
+                for prefix in <tuple>h.id_prefixes:
                     if PyUnicode_Tailmatch(resource_id, prefix, 0,
                                            PY_SSIZE_T_MAX, -1):
                         break
                 else:
                     return False
 
-        if rule.n_roles:
+        if h.n_roles:
             if not ask.roles_ready:
                 self._load_roles(ask)
-            for i in range(rule.n_roles):
-                role = rule.roles[i]
+            for i in range(h.n_roles):
+                role = h.roles[i]
                 if ask.role_bits[role >> 6] >> (role & 63) & 1:
                     return True
             return False
         return True
 
-    cdef bint _entitled(self, _Rule rule, _Ask *ask) noexcept:
+    cdef bint _entitled(self, const _Hot *h, _Ask *ask) noexcept:
         cdef Py_ssize_t p
-        if rule.entitlement is None:
+        if h.entitlement == NULL:
             return True
-        if _has_entitlement(&ask.record, rule.entitlement):
+        if _has_entitlement(&ask.record, h.entitlement, h.entitlement_len):
             return True
         p = self._plan(ask)
         return p >= 0 and self._plan_entitlements[
-            p * self._n_entitlements + rule.entitlement_no]
+            p * self._n_entitlements + h.entitlement_no]
 
-    cdef int64_t _limit_max(self, _Rule rule, _Ask *ask) noexcept:
+    cdef int64_t _limit_max(self, const _Hot *h, _Ask *ask) noexcept:
         cdef int64_t value
         cdef Py_ssize_t p, k
-        if rule.limit_utf8 is None:
+        if h.limit == NULL:
             return -1
-        if _own_limit(&ask.record, rule.limit_utf8, &value):
+        if _own_limit(&ask.record, h.limit, h.limit_len, &value):
             return value
         p = self._plan(ask)
-        k = p * self._n_limits + rule.limit_no
+        k = p * self._n_limits + h.limit_no
         if p >= 0 and self._plan_has_limit[k]:
             return self._plan_limits[k]
         return 0
 
-    cdef bint _in_window(self, _Condition c, _Ask *ask) except -1:
+    cdef bint _in_window(self, const _Cond *c, _Ask *ask) except -1:
         cdef int64_t day, ms, shifted, minute, weekday
 
         if not ask.zones_ready:
@@ -866,18 +1002,18 @@ cdef class Matcher:
             return c.start <= minute < c.end
         return minute >= c.start or minute < c.end
 
-    cdef bint _holds_bytes(self, _Condition c, const unsigned char *p,
+    cdef bint _holds_bytes(self, const _Cond *c, const unsigned char *p,
                            size_t n) except -1:
         cdef double number
         cdef int op = c.op
 
         if op == OP_EQ:
-            return _same(p, n, c.text_utf8)
+            return _same(p, n, c.text_utf8, c.text_len)
         if op == OP_NE:
-            return not _same(p, n, c.text_utf8)
+            return not _same(p, n, c.text_utf8, c.text_len)
         if op == OP_IN or op == OP_NOT_IN:
-            for text in c.texts_utf8:
-                if _same(p, n, <bytes>text):
+            for text in <tuple>c.texts_utf8:
+                if _same_bytes(p, n, <bytes>text):
                     return op == OP_IN
             return op == OP_NOT_IN
         if op == OP_CIDR:
@@ -893,17 +1029,17 @@ cdef class Matcher:
             return number < c.number
         return number <= c.number
 
-    cdef bint _holds_text(self, _Condition c, str value) except -1:
+    cdef bint _holds_text(self, const _Cond *c, str value) except -1:
         cdef int op = c.op
 
         if op == OP_EQ:
-            return value == c.text
+            return value == <str>c.text
         if op == OP_NE:
-            return value != c.text
+            return value != <str>c.text
         if op == OP_IN:
-            return PySet_Contains(c.texts, value) == 1
+            return PySet_Contains(<object>c.texts, value) == 1
         if op == OP_NOT_IN:
-            return PySet_Contains(c.texts, value) == 0
+            return PySet_Contains(<object>c.texts, value) == 0
 
         # Numbers and addresses are ASCII; anything else is neither.
         PyUnicode_READY(value)
@@ -913,7 +1049,7 @@ cdef class Matcher:
             c, <const unsigned char *>PyUnicode_DATA(value),
             PyUnicode_GET_LENGTH(value))
 
-    cdef bint _holds(self, _Condition c, _Ask *ask) except -1:
+    cdef bint _holds(self, const _Cond *c, _Ask *ask) except -1:
         cdef const unsigned char *p
         cdef size_t n
         cdef int source = c.source
@@ -923,16 +1059,16 @@ cdef class Matcher:
         if source == SRC_LICENSE_PLAN:
             return self._holds_bytes(c, ask.record.plan, ask.record.plan_len)
         if source == SRC_LICENSE:
-            if not _attribute(&ask.record, c.key_utf8, &p, &n):
+            if not _attribute(&ask.record, c.key_utf8, c.key_len, &p, &n):
                 return False
             return self._holds_bytes(c, p, n)
 
         if source == SRC_CONTEXT:
-            value = _lookup(<object>ask.context, c.key)
+            value = _lookup(<object>ask.context, <str>c.key)
         elif source == SRC_SUBJECT:
-            value = _lookup(<object>ask.subject_attributes, c.key)
+            value = _lookup(<object>ask.subject_attributes, <str>c.key)
         elif source == SRC_RESOURCE:
-            value = _lookup(<object>ask.resource_attributes, c.key)
+            value = _lookup(<object>ask.resource_attributes, <str>c.key)
         elif source == SRC_SUBJECT_ID:
             value = <object>ask.subject_id
         elif source == SRC_RESOURCE_ID:
@@ -947,9 +1083,11 @@ cdef class Matcher:
             return False
         return self._holds_text(c, <str>value)
 
-    cdef bint _conditions_hold(self, _Rule rule, _Ask *ask) except -1:
-        for c in rule.conditions:
-            if not self._holds(<_Condition>c, ask):
+    cdef bint _conditions_hold(self, const _Hot *h, _Ask *ask) except -1:
+        cdef Py_ssize_t i
+        for i in range(h.first_condition,
+                       h.first_condition + h.n_conditions):
+            if not self._holds(&self._conds[i], ask):
                 return False
         return True
 
@@ -958,10 +1096,10 @@ cdef class Matcher:
         cdef uint64_t stack_roles[STACK_ROLE_WORDS]
         cdef int64_t stack_zones[STACK_ZONES]
         cdef _Candidates candidates
-        cdef _Rule rule
-        cdef _Rule allowed = None
-        cdef _Rule unentitled = None
-        cdef Py_ssize_t k
+        cdef const _Hot *h
+        cdef Py_ssize_t allowed = -1
+        cdef Py_ssize_t unentitled = -1
+        cdef Py_ssize_t i, k
         cdef int rc = _read_record(data, size, &ask.record)
 
         if rc == -1:
@@ -996,31 +1134,31 @@ cdef class Matcher:
                                           <str>ask.resource_type)
 
             for k in range(candidates.n):
-                rule = <_Rule>candidates.rules[k]
-                if allowed is not None:
+                i = candidates.indexes[k]
+                h = &self._hot[i]
+                if allowed >= 0:
                     if k > candidates.last_deny:
                         break
-                    if not rule.deny:
+                    if not h.deny:
                         continue
-                if (not rule.any_id or rule.n_roles) and not self._targets(
-                        rule, ask):
+                if (not h.any_id or h.n_roles) and not self._targets(h, ask):
                     continue
-                if rule.deny:
-                    if self._conditions_hold(rule, ask):
-                        return (_REASONS[DENIED_BY_RULE], rule.index, -1)
+                if h.deny:
+                    if self._conditions_hold(h, ask):
+                        return (_REASONS[DENIED_BY_RULE], i, -1)
                     continue
-                if not self._entitled(rule, ask):
-                    if unentitled is None:
-                        unentitled = rule
+                if not self._entitled(h, ask):
+                    if unentitled < 0:
+                        unentitled = i
                     continue
-                if self._conditions_hold(rule, ask):
-                    allowed = rule
+                if self._conditions_hold(h, ask):
+                    allowed = i
 
-            if allowed is not None:
-                return (_REASONS[ALLOWED_BY_RULE], allowed.index,
-                        self._limit_max(allowed, ask))
-            if unentitled is not None:
-                return (_REASONS[NOT_ENTITLED], unentitled.index, -1)
+            if allowed >= 0:
+                return (_REASONS[ALLOWED_BY_RULE], allowed,
+                        self._limit_max(&self._hot[allowed], ask))
+            if unentitled >= 0:
+                return (_REASONS[NOT_ENTITLED], unentitled, -1)
             return self._no_matching_rule
         finally:
             if ask.role_bits != stack_roles:
