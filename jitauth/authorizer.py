@@ -203,6 +203,10 @@ class Authorizer:
         self._explainer = None
         self._durability = durability()
         self._last_purge = time.monotonic()
+        # Set by jitauth.audit.attach; None while audit or shadow is off.
+        self.recorder = None
+        self.audit = None
+        self.shadow = None   # jitauth.shadow.Candidate
         try:
             self._refresh()
         except StoreError as exc:
@@ -216,6 +220,8 @@ class Authorizer:
         return self._matcher.revision if self._matcher else 0
 
     def close(self) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
         self.store.close()
 
     def refresh(self) -> int:
@@ -292,6 +298,8 @@ class Authorizer:
             if q.request_id and not q.dry_run:
                 replay = self._replay(q, now_ms)
                 if replay:
+                    if self.audit is not None:
+                        self.audit.decided(q, replay, now_ms)
                     return replay
             reason, index, limit_max = self._match(q, now_ms)
         except StoreError as exc:
@@ -313,6 +321,10 @@ class Authorizer:
             rule=result.rule_id, account=q.account_id, action=q.action,
             limit=rule["limit"] if rule else "",
             quota=rule["quota"] if rule else "")
+        if self.shadow is not None:
+            self.shadow.compare(q, now_ms, reason, result)
+        if self.audit is not None:
+            self.audit.decided(q, result, now_ms)
         return result
 
     def _replay(self, q: AuthorizeInput, now_ms: int):
@@ -368,6 +380,8 @@ class Authorizer:
                 else:
                     refusal = grants.issue(self.store, txn, grant, limit_max,
                                            quota_max)
+                    if refusal is None and self.audit is not None:
+                        self.audit.granted(txn, q, result, grant)
                 if refusal is None and q.request_id and not q.dry_run:
                     _fill_granted(result, grant)
                     txn.put(self.store.requests, key,

@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 log = logging.getLogger(__name__)
 
 DEMO_DATA_DIR = "./jitauth-demo"
+AUDIT_EVENTS = ("authorize", "complete", "renew", "revoke", "expire",
+                "audit_dropped")
 DEMO_LISTEN = "127.0.0.1:50051"
 
 EXIT_OK = 0
@@ -83,7 +85,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--envoy-config", metavar="FILE",
                        help="also serve Envoy's ext_authz and access log "
                        "services, mapping HTTP requests as FILE says")
+    serve.add_argument("--metrics-listen", metavar="HOST:PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/"
+                       "metrics")
+    serve.add_argument("--audit", choices=["on", "off"], default="on",
+                       help="write the audit trail (default on)")
+    serve.add_argument("--audit-buffer", type=int, default=10_000,
+                       metavar="N", help="records buffered per worker")
+    serve.add_argument("--audit-when-full", choices=["block", "drop"],
+                       default="block", help="when the buffer is full: "
+                       "wait for room, or drop and count (default block)")
+    serve.add_argument("--audit-retention", metavar="DURATION",
+                       help="delete audit records older than this (30d, "
+                       "12h; default: keep all)")
     serve.set_defaults(run=_serve)
+
+    audit = commands.add_parser(
+        "audit", help="read the audit trail: filter, follow, export")
+    audit.add_argument("--data", required=True, help="LMDB data directory")
+    audit.add_argument("--since", metavar="TIME",
+                       help="ISO-8601 time, or a duration ago (15m, 2h)")
+    audit.add_argument("--until", metavar="TIME")
+    audit.add_argument("--account")
+    audit.add_argument("--subject")
+    audit.add_argument("--action")
+    audit.add_argument("--decision", choices=["allow", "deny"])
+    audit.add_argument("--event", choices=list(AUDIT_EVENTS))
+    audit.add_argument("--limit", type=int, metavar="N",
+                       help="stop after N records")
+    audit.add_argument("--follow", action="store_true",
+                       help="keep printing new records as they arrive")
+    audit.add_argument("--follow-for", type=float, metavar="SECONDS",
+                       help="with --follow: stop after this long")
+    audit.add_argument("--json", action="store_true",
+                       help="JSON Lines, one record per line")
+    audit.set_defaults(run=_audit)
+
+    shadow = commands.add_parser(
+        "shadow", help="evaluate a candidate policy beside the active one")
+    shadow.add_argument("step", nargs="?", default="report",
+                        choices=["report", "apply", "promote", "drop"],
+                        help="report (default) the disagreements; apply a "
+                        "candidate; promote it to the active revision; "
+                        "drop it")
+    shadow.add_argument("--data", required=True, help="LMDB data directory")
+    shadow.add_argument("--policy", help="with apply: the candidate policy")
+    shadow.add_argument("--json", action="store_true")
+    shadow.set_defaults(run=_shadow)
 
     auth = commands.add_parser("authorize",
                                help="ask a running server for a decision")
@@ -213,17 +261,57 @@ def _serve(args) -> int:
             print("error: --envoy-config: %s" % exc, file=sys.stderr)
             return EXIT_USAGE
 
+    exporter = None
+    try:
+        _configure_recording(args)
+        if args.metrics_listen:
+            from jitauth.metrics import Exporter
+
+            exporter = Exporter(args.metrics_listen, data_dir)
+    except (OSError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return EXIT_USAGE
+
     def listening(address: str) -> None:
         print("jitauth serving %s on %s" % (os.path.abspath(data_dir),
                                             address), flush=True)
+        if exporter is not None:
+            print("jitauth metrics on %s" % exporter.address, flush=True)
 
     try:
         return serve(data_dir, listen, args.workers, matcher=args.matcher,
-                     grace=args.grace, on_listening=listening, envoy=envoy)
+                     grace=args.grace, on_listening=listening, envoy=envoy,
+                     exporter=exporter)
     except (OSError, ValueError) as exc:
         print("error: cannot listen on %s: %s" % (listen, exc),
               file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if exporter is not None:
+            exporter.close()
+
+
+def _configure_recording(args) -> None:
+    """Hand the audit options down to the workers (through environ)."""
+    from jitauth.audit import AuditConfig, config_to_env, parse_duration_ms
+
+    config_to_env(AuditConfig(
+        audit=args.audit == "on", buffer=args.audit_buffer,
+        when_full=args.audit_when_full,
+        retention_ms=parse_duration_ms(args.audit_retention)
+        if args.audit_retention else 0))
+
+
+def _audit(args) -> int:
+    from jitauth.audit import run_query
+
+    return run_query(args)
+
+
+def _shadow(args) -> int:
+    from jitauth.shadow import run_command
+
+    return run_command(args)
 
 
 def _pairs(option: str, items: list[str]) -> dict:

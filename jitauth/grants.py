@@ -274,6 +274,8 @@ def _end(store, txn, grant: Grant, state: GrantState, ended_at_ms: int,
         _add_usage(store, txn, usage_key(grant.account_id, grant.quota,
                                          grant.period_start_ms),
                    consumed, -grant.units)
+    if store.recorder is not None:
+        store.recorder.grant_ended(txn, grant)
 
 
 def _expire_if_due(store, txn, grant: Grant, now_ms: int) -> None:
@@ -314,6 +316,9 @@ def complete(store, grant_id: str, outcome: Outcome, now_ms: int,
         grant = _load(store, txn, raw)
         _expire_if_due(store, txn, grant, now_ms)
         if grant.state != GrantState.LIVE:
+            if store.recorder is not None:
+                store.recorder.grant_touched(txn, grant, "complete",
+                                             "already_ended")
             return _result(grant, already=True)
 
         if units is not None and units > grant.units:
@@ -365,6 +370,9 @@ def renew(store, grant_id: str, account_id: str, extend_by_ms: int,
                 % (grant.max_expires_at_ms, grant.rule_id,
                    max(0, grant.max_expires_at_ms - now_ms)))
         if expires <= grant.expires_at_ms:
+            if store.recorder is not None:
+                store.recorder.grant_touched(txn, grant, "renew",
+                                             "unchanged")
             return grant
 
         txn.delete(store.expiries, _I64.pack(grant.expires_at_ms) + raw)
@@ -373,6 +381,8 @@ def renew(store, grant_id: str, account_id: str, extend_by_ms: int,
         txn.put(store.expiries, _I64.pack(expires) + raw, b"")
         if grant.limit:
             txn.put(store.seats, seat_prefix(grant) + raw, _I64.pack(expires))
+        if store.recorder is not None:
+            store.recorder.grant_touched(txn, grant, "renew", "")
     return grant
 
 

@@ -28,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from jitauth import admin, telemetry, wire
+from jitauth import admin, audit, metrics, telemetry, wire
 from jitauth.grants import GrantEnded
 from jitauth.model import GrantNotFound, InvalidInput, Unavailable
 from jitauth.v1 import authorizer_pb2 as pb
@@ -188,6 +188,11 @@ class Service:
         interceptors = []
         if tracer_provider is not None:
             interceptors.append(telemetry.ServerTracing(tracer_provider))
+        if audit.config_from_env() is not None:
+            interceptors.append(audit.CallerTrace())
+        if metrics.enabled():
+            interceptors.append(metrics.ServerMetrics(
+                metrics.worker_metrics()))
         self.server = grpc.server(
             futures.ThreadPoolExecutor(threads,
                                        thread_name_prefix="jitauth-rpc"),
@@ -297,7 +302,9 @@ class Service:
 def _open_authorizer(data_dir: str, matcher: str):
     from jitauth.authorizer import Authorizer
 
-    return Authorizer(data_dir, matcher=matcher)
+    authorizer = Authorizer(data_dir, matcher=matcher)
+    audit.attach(authorizer, audit.config_from_env())
+    return authorizer
 
 
 # ---------------------------------------------------------------------------
@@ -353,12 +360,14 @@ def _worker_main(index: int, data_dir: str, address: str, matcher: str,
 
 def serve(data_dir: str, listen: str, workers: int = 1, *,
           matcher: str = "compiled", grace: float = 5.0,
-          on_listening=None, envoy=None) -> int:
+          on_listening=None, envoy=None, exporter=None) -> int:
     """Run the server until SIGTERM or SIGINT; return the exit status.
 
     ``on_listening(address)`` is called once the port is reserved, with the
     real ``HOST:PORT``.  ``envoy``, a :class:`jitauth.envoy.Mapping`, makes
     every worker also serve Envoy's ext_authz and access log services.
+    ``exporter``, a :class:`jitauth.metrics.Exporter`, hears of workers
+    that exited.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -394,6 +403,8 @@ def serve(data_dir: str, listen: str, workers: int = 1, *,
                     continue
                 log.error("worker %d (pid %d) exited with status %s",
                           index, proc.pid, proc.exitcode)
+                if exporter is not None:
+                    exporter.worker_exited(proc.pid)
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < RESTART_WINDOW]
                 if len(restarts) >= MAX_RESTARTS:

@@ -31,7 +31,8 @@ import threading
 from jitauth._core import Environment, StoreError
 
 DATABASES = ("meta", "revisions", "sources", "licenses", "grants", "seats",
-             "expiries", "usage", "account_grants", "requests")
+             "expiries", "usage", "account_grants", "requests", "audit",
+             "shadow")
 REVISION_KEY = b"revision"
 
 # XXX: the map size bounds the whole store (32 GiB of address space, not
@@ -113,6 +114,10 @@ class Store:
         self.usage = self.env.dbs["usage"]
         self.account_grants = self.env.dbs["account_grants"]
         self.requests = self.env.dbs["requests"]
+        self.audit = self.env.dbs["audit"]
+        self.shadow = self.env.dbs["shadow"]
+        # jitauth.audit.Recorder writing this store's audit trail, if any
+        self.recorder = None
 
     def close(self) -> None:
         if self.env is not None:
