@@ -61,6 +61,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
+        self.server.owner.arrived(self.path)
         hold = query.get("hold", [""])[0]
         if hold:
             self.server.owner.wait_released(hold)
@@ -95,7 +96,8 @@ class Upstream:
         self.server.daemon_threads = True
         self.server.owner = self
         self.port = self.server.server_address[1]
-        self.requests = []
+        self.requests = []          # answered, in order
+        self.received = []          # arrived, answered or not
         self._held = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.server.serve_forever,
@@ -111,6 +113,10 @@ class Upstream:
 
     def release(self, name: str) -> None:
         self._event(name).set()
+
+    def arrived(self, path: str) -> None:
+        with self._lock:
+            self.received.append(path)
 
     def served(self, path: str) -> None:
         with self._lock:

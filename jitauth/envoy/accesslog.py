@@ -73,9 +73,10 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
     at their expiry).
     """
 
-    def __init__(self, authorizer, *, max_streams: int = MAX_STREAMS):
+    def __init__(self, authorizer, *, max_streams: int | None = None):
         self._authorizer = authorizer
-        self._streams = threading.BoundedSemaphore(max_streams)
+        self._streams = threading.BoundedSemaphore(max_streams
+                                                   or MAX_STREAMS)
 
     def StreamAccessLogs(self, request_iterator, context):
         if not self._streams.acquire(blocking=False):
