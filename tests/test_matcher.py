@@ -843,3 +843,21 @@ def test_tz_offsets_cache_is_bounded():
         clock.tz_offsets(zones, NOW + minute * 60_000)
     assert len(clock._offsets) <= clock.MAX_CACHED_ZONES
     assert clock.tz_offsets(["Etc/GMT+5"], NOW) == [-300]
+
+
+def test_clock_is_not_asked_without_time_conditions(matcher_class,
+                                                     monkeypatch):
+    def refuse(timezones, now_ms):
+        raise AssertionError("tz_offsets called")
+
+    monkeypatch.setattr(clock, "tz_offsets", refuse)
+    matcher = matcher_class(policy(rule(), timezones=["Europe/Berlin"]), 1)
+
+    assert decide(matcher)[0] == Reason.ALLOWED_BY_RULE
+
+
+def test_deny_rules_ignore_an_entitlement(matcher_class):
+    matcher = matcher_class(policy(
+        rule("no", effect="deny", entitlement="reports.bulk")), 1)
+
+    assert decide(matcher) == (Reason.DENIED_BY_RULE, 0, -1)
