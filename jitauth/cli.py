@@ -14,6 +14,8 @@ Exit codes:
 - ``renew``, ``grants``, ``revoke``, ``account``: 0 the server answered;
   2 bad arguments or an RPC error (``FAILED_PRECONDITION`` when renewing a
   grant that has ended).
+- ``apply``, ``revisions``, ``rollback``, ``licenses apply``, ``test``: see
+  ``jitauth.cli_data``.
 """
 
 import argparse
@@ -22,6 +24,8 @@ import logging
 import os
 import sys
 from datetime import datetime, timezone
+
+from jitauth import cli_data
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--policy", required=True, help="policy YAML file")
     load.add_argument("--licenses", nargs="+", required=True,
                       metavar="FILE", help="license JSON Lines file(s)")
+    load.add_argument("--progress", action="store_true",
+                      help="draw a progress bar on stderr (the default "
+                      "when stderr is a terminal)")
+    cli_data.add_keep_option(load)
     load.set_defaults(run=_load)
+    cli_data.add_commands(commands)
 
     serve = commands.add_parser("serve", help="run the gRPC server")
     serve.add_argument("--data", help="LMDB data directory (with --demo: "
@@ -221,7 +230,9 @@ def _load(args) -> int:
     from jitauth.policy import SourceError
 
     try:
-        revision = load(args.data, args.policy, args.licenses)
+        revision = load(args.data, args.policy, args.licenses,
+                        keep=args.keep,
+                        progress=args.progress or sys.stderr.isatty())
     except (SourceError, OSError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
