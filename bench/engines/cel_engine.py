@@ -91,6 +91,21 @@ class CelEngine:
 
 
 def build(name: str, workload):
+    import importlib
+
+    try:
+        module = importlib.import_module("cel")
+    except ImportError as exc:
+        raise Unavailable("pip package common-expression-language is not "
+                          "installed (%s)" % exc) from exc
+    if not hasattr(module, "compile"):
+        # xds-protos ships an empty cel/__init__.py (for cel.expr) that
+        # replaces this package's when installed after it.
+        raise Unavailable("the cel module at %s is not common-expression-"
+                          "language's (another package, such as "
+                          "xds-protos, overwrote cel/__init__.py); run pip "
+                          "install --force-reinstall --no-deps "
+                          "common-expression-language" % module.__file__)
     try:
         return CelEngine(workload)
     except ImportError as exc:
