@@ -59,39 +59,36 @@ class AdminServicer:
     def __init__(self, authorizer_servicer):
         self._front = authorizer_servicer
 
-    def ListGrants(self, request: bytes, context):
+    def _run(self, method: str, request_cls, request: bytes, context, act):
+        """Parse ``request``, apply ``act(facade, message)``; map errors."""
         try:
-            msg = wire.parse(apb.ListGrantsRequest, request)
-            view = self._front._facade().account(msg.account_id)
+            msg = wire.parse(request_cls, request)
+            return act(self._front._facade(), msg)
         except Exception as exc:
-            self._front._fail(context, exc, "ListGrants")
+            self._front._fail(context, exc, method)
+
+    def ListGrants(self, request: bytes, context):
+        view = self._run("ListGrants", apb.ListGrantsRequest, request,
+                         context, lambda f, m: f.account(m.account_id))
         return apb.ListGrantsResponse(
             grants=[grant_info(g) for g in view.live_grants])
 
     def RevokeGrant(self, request: bytes, context):
-        try:
-            msg = wire.parse(apb.RevokeGrantRequest, request)
-            result = self._front._facade().revoke(msg.grant_id)
-        except Exception as exc:
-            self._front._fail(context, exc, "RevokeGrant")
+        result = self._run("RevokeGrant", apb.RevokeGrantRequest, request,
+                           context, lambda f, m: f.revoke(m.grant_id))
         return apb.RevokeGrantResponse(grant_id=result.grant_id,
                                        state=int(result.state),
                                        already_ended=result.already)
 
     def RevokeAccountGrants(self, request: bytes, context):
-        try:
-            msg = wire.parse(apb.RevokeAccountGrantsRequest, request)
-            revoked = self._front._facade().revoke_account(msg.account_id)
-        except Exception as exc:
-            self._front._fail(context, exc, "RevokeAccountGrants")
+        revoked = self._run(
+            "RevokeAccountGrants", apb.RevokeAccountGrantsRequest, request,
+            context, lambda f, m: f.revoke_account(m.account_id))
         return apb.RevokeAccountGrantsResponse(revoked=revoked)
 
     def GetAccount(self, request: bytes, context):
-        try:
-            msg = wire.parse(apb.GetAccountRequest, request)
-            view = self._front._facade().account(msg.account_id)
-        except Exception as exc:
-            self._front._fail(context, exc, "GetAccount")
+        view = self._run("GetAccount", apb.GetAccountRequest, request,
+                         context, lambda f, m: f.account(m.account_id))
         return account_response(view)
 
 
