@@ -376,7 +376,7 @@ class ReferenceMatcher:
         record = read_record(bytes(license))
         steps.append("license: plan %s, %s, valid %s to %s"
                      % (record.plan.decode("utf-8", "replace"),
-                        LicenseStatus(record.status).name.lower(),
+                        _status_name(record.status),
                         _moment(record.valid_from),
                         _moment(record.valid_until)))
         if reason in (Reason.LICENSE_INACTIVE, Reason.LICENSE_NOT_YET_VALID,
@@ -562,3 +562,10 @@ def _moment(ms: int) -> str:
 def _verdict(reason: int, rule_id: str | None) -> str:
     text = "decision: %s" % Reason(reason).name.lower()
     return text + (" (rule %s)" % rule_id if rule_id else "")
+
+
+def _status_name(status: int) -> str:
+    try:
+        return LicenseStatus(status).name.lower()
+    except ValueError:
+        return "unknown status %d (not active)" % status
