@@ -55,6 +55,9 @@ def free_port() -> int:
 
 class _Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: without TCP_NODELAY the body
+    # waits for the client's delayed ACK (40 ms).
+    disable_nagle_algorithm = True
 
     def _answer(self):
         query = parse_qs(urlsplit(self.path).query)
