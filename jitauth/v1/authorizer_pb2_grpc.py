@@ -49,6 +49,11 @@ class AuthorizerStub:
                 request_serializer=jitauth_dot_v1_dot_authorizer__pb2.RenewRequest.SerializeToString,
                 response_deserializer=jitauth_dot_v1_dot_authorizer__pb2.RenewResponse.FromString,
                 _registered_method=True)
+        self.AuthorizeBatch = channel.unary_unary(
+                '/jitauth.v1.Authorizer/AuthorizeBatch',
+                request_serializer=jitauth_dot_v1_dot_authorizer__pb2.AuthorizeBatchRequest.SerializeToString,
+                response_deserializer=jitauth_dot_v1_dot_authorizer__pb2.AuthorizeBatchResponse.FromString,
+                _registered_method=True)
 
 
 class AuthorizerServicer:
@@ -80,6 +85,15 @@ class AuthorizerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AuthorizeBatch(self, request, context):
+        """Decide many requests in one call, each exactly as Authorize would,
+        sharing one instant.  A malformed item gets its own error; the others
+        are still decided.  At most 1,000 items and 1 MiB per call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AuthorizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -97,6 +111,11 @@ def add_AuthorizerServicer_to_server(servicer, server):
                     servicer.Renew,
                     request_deserializer=jitauth_dot_v1_dot_authorizer__pb2.RenewRequest.FromString,
                     response_serializer=jitauth_dot_v1_dot_authorizer__pb2.RenewResponse.SerializeToString,
+            ),
+            'AuthorizeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthorizeBatch,
+                    request_deserializer=jitauth_dot_v1_dot_authorizer__pb2.AuthorizeBatchRequest.FromString,
+                    response_serializer=jitauth_dot_v1_dot_authorizer__pb2.AuthorizeBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +199,33 @@ class Authorizer:
             '/jitauth.v1.Authorizer/Renew',
             jitauth_dot_v1_dot_authorizer__pb2.RenewRequest.SerializeToString,
             jitauth_dot_v1_dot_authorizer__pb2.RenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthorizeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jitauth.v1.Authorizer/AuthorizeBatch',
+            jitauth_dot_v1_dot_authorizer__pb2.AuthorizeBatchRequest.SerializeToString,
+            jitauth_dot_v1_dot_authorizer__pb2.AuthorizeBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
