@@ -437,6 +437,25 @@ class Authorizer:
                             result.units))
         return steps
 
+    def authorize_batch(self, items: list) -> list:
+        """Decide each item as ``authorize`` would, in order.
+
+        ``items`` holds ``AuthorizeInput`` objects, or ``InvalidInput``
+        errors found while parsing; the result holds an ``AuthorizeResult``
+        or the ``InvalidInput`` of each item.  A store failure fails the
+        whole batch (``Unavailable``): nothing is ever allowed by accident.
+        """
+        results = []
+        for item in items:
+            if isinstance(item, InvalidInput):
+                results.append(item)
+                continue
+            try:
+                results.append(self.authorize(item))
+            except InvalidInput as exc:
+                results.append(exc)
+        return results
+
     def complete(self, grant_id: str, outcome: Outcome,
                  units: int | None = None) -> CompleteResult:
         """End a grant (idempotent); raises ``GrantNotFound``."""

@@ -30,6 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from jitauth import admin, audit, metrics, telemetry, wire
 from jitauth.grants import GrantEnded
+from jitauth.limits import MAX_BATCH_BYTES
 from jitauth.model import GrantNotFound, InvalidInput, Unavailable
 from jitauth.v1 import authorizer_pb2 as pb
 
@@ -53,7 +54,7 @@ STATUS_CODES = {
 THREADS = 8
 # Largest message gRPC itself accepts; wire.LIMITS refuses requests well
 # below it with INVALID_ARGUMENT naming the limit.
-MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_MESSAGE_BYTES = 2 * MAX_BATCH_BYTES
 # How often a worker checks for its data (opening it, a revision loaded).
 DATA_POLL_SECONDS = 1.0
 # Restarts of crashed workers allowed within RESTART_WINDOW seconds.
@@ -95,6 +96,15 @@ class AuthorizerServicer:
         if self._traced:
             telemetry.record_complete(result)
         return wire.complete_response(result)
+
+    def AuthorizeBatch(self, request: bytes,
+                       context) -> pb.AuthorizeBatchResponse:
+        try:
+            items = wire.parse_batch(request)
+            results = self._facade().authorize_batch(items)
+        except Exception as exc:
+            self._fail(context, exc, "AuthorizeBatch")
+        return wire.batch_response(results)
 
     def Renew(self, request: bytes, context) -> pb.RenewResponse:
         try:
@@ -148,6 +158,10 @@ def _method_handlers(servicer: AuthorizerServicer) -> dict:
         "Renew": grpc.unary_unary_rpc_method_handler(
             servicer.Renew,
             response_serializer=pb.RenewResponse.SerializeToString,
+        ),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+            servicer.AuthorizeBatch,
+            response_serializer=pb.AuthorizeBatchResponse.SerializeToString,
         ),
     }
 

@@ -13,7 +13,11 @@ is checked here, before parsing; the fields are checked by the facade
 
 from google.protobuf.message import DecodeError
 
-from jitauth.limits import MAX_REQUEST_BYTES
+from jitauth.limits import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_ITEMS,
+    MAX_REQUEST_BYTES,
+)
 from jitauth.model import (
     AuthorizeInput,
     AuthorizeResult,
@@ -40,8 +44,11 @@ def parse_authorize(data: bytes) -> AuthorizeInput:
     Raises :class:`InvalidInput` for an oversized request or one that is not
     a valid message, naming the field with invalid UTF-8 if that is why.
     """
-    msg = _parse(pb.AuthorizeRequest, data)
+    return to_input(_parse(pb.AuthorizeRequest, data))
 
+
+def to_input(msg: pb.AuthorizeRequest) -> AuthorizeInput:
+    """The domain form of a parsed ``AuthorizeRequest``."""
     subject = msg.subject
     resource = msg.resource
     return AuthorizeInput(
@@ -139,10 +146,45 @@ def parse(cls, data: bytes):
     return _parse(cls, data)
 
 
-def _parse(cls, data: bytes):
-    if len(data) > MAX_REQUEST_BYTES:
-        raise InvalidInput("request",
-                           "larger than %d bytes" % MAX_REQUEST_BYTES)
+def parse_batch(data: bytes) -> list:
+    """Check and convert a serialized ``AuthorizeBatchRequest``.
+
+    Returns one entry per item: an ``AuthorizeInput``, or the
+    ``InvalidInput`` that item alone earns (an item over the size of a
+    single request).  A batch that is too large or not a valid message as a
+    whole raises ``InvalidInput``.
+    """
+    msg = _parse(pb.AuthorizeBatchRequest, data, MAX_BATCH_BYTES)
+    if len(msg.requests) > MAX_BATCH_ITEMS:
+        raise InvalidInput("requests", "more than %d items"
+                           % MAX_BATCH_ITEMS)
+
+    items = []
+    for index, item in enumerate(msg.requests):
+        if item.ByteSize() > MAX_REQUEST_BYTES:
+            items.append(InvalidInput("requests[%d]" % index, "larger than "
+                                      "%d bytes" % MAX_REQUEST_BYTES))
+        else:
+            items.append(to_input(item))
+    return items
+
+
+def batch_response(results: list) -> pb.AuthorizeBatchResponse:
+    """One result per item: a response, or the item's INVALID_ARGUMENT."""
+    resp = pb.AuthorizeBatchResponse()
+    for result in results:
+        entry = resp.results.add()
+        if isinstance(result, InvalidInput):
+            entry.error.code = 3  # INVALID_ARGUMENT
+            entry.error.message = str(result)
+        else:
+            entry.response.CopyFrom(authorize_response(result))
+    return resp
+
+
+def _parse(cls, data: bytes, max_bytes: int = MAX_REQUEST_BYTES):
+    if len(data) > max_bytes:
+        raise InvalidInput("request", "larger than %d bytes" % max_bytes)
     try:
         return cls.FromString(data)
     except DecodeError:
