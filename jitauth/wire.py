@@ -289,6 +289,8 @@ def _walk(descriptor, buf, prefix: str) -> str | None:
             if entry.GetOptions().map_entry:
                 found = _walk_map_entry(entry, payload, path)
             else:
+                if field.is_repeated:
+                    path = "%s[%d]" % (path, index)
                 found = _walk(entry, payload, path + ".")
             if found is not None:
                 return found
