@@ -47,6 +47,7 @@ MAX_SECONDS = 30
 MAX_RATE = 5000
 MAX_ROUNDS = 10
 MAX_CONNECTIONS = 64
+REQUEST_TIMEOUT = 10.0
 ACCOUNTS = 500
 
 POLICY = """\
@@ -106,20 +107,30 @@ async def _drive(port: int, rate: int, seconds: float, make) -> list:
         scheduled = start + i / rate
         await asyncio.sleep(max(0.0, scheduled - loop.time()))
         async with slots:
-            if idle:
-                reader, writer = idle.pop()
+            writer = None
+            try:
+                if idle:
+                    reader, writer = idle.pop()
+                else:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", port)
+                writer.write(make(i))
+                status, body = await asyncio.wait_for(_response(reader),
+                                                      REQUEST_TIMEOUT)
+            except (OSError, asyncio.IncompleteReadError,
+                    asyncio.TimeoutError):
+                # Counted as status 0; the connection is not reused.
+                if writer is not None:
+                    writer.close()
+                status, body = 0, b""
             else:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", port)
-            writer.write(make(i))
-            status, body = await _response(reader)
+                idle.append((reader, writer))
             done = loop.time()
-            idle.append((reader, writer))
         results.append((done - scheduled, status, body,
                         time.time_ns() // 1_000_000))
 
     await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(count))),
-                           timeout=seconds + 30)
+                           timeout=seconds + 2 * REQUEST_TIMEOUT + 10)
     for _, writer in idle:
         writer.close()
     return results

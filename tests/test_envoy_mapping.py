@@ -205,6 +205,9 @@ def test_the_examples_load():
     assert (q.account_id, q.action, q.resource_id) == (
         "acme", "reports.export", "q3-revenue")
     assert headers.account.header
+    assert mapping.keep_header == "x-jitauth-keep-grant"
+    assert parse_mapping(dict(CLAIMS, completion={"keep_header": ""})) \
+        .keep_header == ""
 
 
 BAD = [
@@ -250,6 +253,9 @@ BAD = [
     ({"identity": {"account": {"header": "a"}, "subject": {"header": "s"}},
       "upstream_headers": {"grant": "x-g"}},
      "upstream_headers.grant: unknown key"),
+    ({"identity": {"account": {"header": "a"}, "subject": {"header": "s"}},
+      "completion": {"keep_header": "no good"}},
+     "completion.keep_header: not a valid header name"),
 ]
 
 

@@ -302,6 +302,16 @@ def test_the_access_log_completes_the_grant(stack, query, outcome):
     assert grant.ended_at_ms - answered_ms < 2000
 
 
+def test_the_upstream_can_keep_its_grant(stack):
+    status, _, body = stack.call("GET", "/reports/job?keep=1",
+                                 claims=ALICE)
+    grant_id = echoed(body)[GRANT]
+    status, _, body = stack.call("GET", "/reports/after", claims=ALICE)
+    stack.wait_ended(echoed(body)[GRANT])   # the log has caught up
+
+    assert stack.grant(grant_id).state == GrantState.LIVE
+
+
 def test_no_route_is_403(stack):
     status, headers, body = stack.call("POST", "/admin/shutdown",
                                        claims=ALICE)

@@ -47,5 +47,7 @@ def add_services(server, mapping: Mapping, authorizer, *,
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         check.CheckServicer(mapping, authorizer, traced=traced), server)
     als_pb2_grpc.add_AccessLogServiceServicer_to_server(
-        accesslog.AccessLogReceiver(authorizer), server)
+        accesslog.AccessLogReceiver(authorizer,
+                                    keep_header=mapping.keep_header),
+        server)
     return check.SERVICE_NAME, accesslog.SERVICE_NAME

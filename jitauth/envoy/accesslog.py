@@ -12,7 +12,12 @@ Complete itself:
 - a response status of 500 or above: outcome failure;
 - no response at all (status 0: the client went away, the stream was
   reset): outcome cancelled;
-- any other status: outcome success.
+- any other status: outcome success;
+- unless the upstream answered with the mapping's keep header
+  (``x-jitauth-keep-grant: 1``, logged through Envoy's
+  ``additional_response_headers_to_log``): the action goes on after the
+  response (a job it accepted), and the upstream completes the grant
+  itself.
 
 Envoy's access log is lossy: entries are dropped while the receiver is
 unreachable or its stream is being re-established.  The grant's TTL stays
@@ -73,8 +78,10 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
     at their expiry).
     """
 
-    def __init__(self, authorizer, *, max_streams: int | None = None):
+    def __init__(self, authorizer, *, keep_header: str = "",
+                 max_streams: int | None = None):
         self._authorizer = authorizer
+        self._keep_header = keep_header
         self._streams = threading.BoundedSemaphore(max_streams
                                                    or MAX_STREAMS)
 
@@ -109,6 +116,9 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         Raises ``Unavailable`` when the data cannot be read."""
         grant_id = grant_of(entry)
         if not grant_id:
+            return None
+        if self._keep_header and entry.response.response_headers.get(
+                self._keep_header, "") not in ("", "0", "false"):
             return None
         authorizer = self._authorizer()
         if authorizer is None:

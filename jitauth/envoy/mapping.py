@@ -39,6 +39,9 @@ DEFAULT_UPSTREAM_HEADERS = {
     "grant_expires_at": "x-jitauth-grant-expires-at",
     "decision_id": "x-jitauth-decision-id",
 }
+#: A response header by which the upstream keeps its grant alive past the
+#: response (it completes the grant itself later).
+DEFAULT_KEEP_HEADER = "x-jitauth-keep-grant"
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
@@ -116,6 +119,7 @@ class Mapping:
     routes: list
     use_context_extensions: bool
     upstream_headers: dict      # grant_id, grant_expires_at, decision_id
+    keep_header: str = DEFAULT_KEEP_HEADER   # "" : always complete
     origin: str = "<mapping>"
 
     def question(self, http: HttpRequest) -> AuthorizeInput:
@@ -261,7 +265,8 @@ def parse_mapping(data, origin: str = "<mapping>") -> Mapping:
     if not isinstance(data, dict):
         fail("mapping", "must be a mapping with identity and routes")
     _keys(fail, "mapping", data, {"identity", "jwt", "context", "routes",
-                                  "context_extensions", "upstream_headers"})
+                                  "context_extensions", "upstream_headers",
+                                  "completion"})
 
     identity = data.get("identity")
     if not isinstance(identity, dict):
@@ -324,12 +329,21 @@ def parse_mapping(data, origin: str = "<mapping>") -> Mapping:
     for name, header in given.items():
         upstream[name] = _header(fail, "upstream_headers.%s" % name, header)
 
+    completion = data.get("completion") or {}
+    if not isinstance(completion, dict):
+        fail("completion", "must be a mapping")
+    _keys(fail, "completion", completion, {"keep_header"})
+    keep_header = completion.get("keep_header", DEFAULT_KEEP_HEADER)
+    if keep_header:
+        keep_header = _header(fail, "completion.keep_header", keep_header)
+
     return Mapping(
         account=account, subject=subject, roles=roles,
         jwt_payload_key=payload_key, context_headers=context_headers,
         source_address_key=source_key, principal_key=principal_key,
         routes=compiled, use_context_extensions=use_extensions,
-        upstream_headers=upstream, origin=origin)
+        upstream_headers=upstream, keep_header=keep_header or "",
+        origin=origin)
 
 
 def _keys(fail, where: str, data: dict, allowed: set) -> None:
