@@ -207,9 +207,13 @@ def _median_of_rounds(rounds: list) -> dict:
     """One scenario at one rate over several rounds: the median of each
     round's p50 and p99 (a round hit by a stall of a neighbour on the
     machine moves the median little)."""
+    statuses = {}
+    for r in rounds:
+        for status, count in r["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + count
     out = {"rounds": len(rounds),
            "requests": sum(r["requests"] for r in rounds),
-           "unexpected": sum(r.get("unexpected", 0) for r in rounds)}
+           "statuses": statuses}
     for q in ("p50_ms", "p99_ms"):
         values = sorted(r[q] for r in rounds)
         out[q] = values[len(values) // 2]

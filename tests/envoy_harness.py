@@ -78,6 +78,9 @@ class _Echo(http.server.BaseHTTPRequestHandler):
             "method": self.command, "path": self.path,
             "headers": {k.lower(): v for k, v in self.headers.items()},
         }).encode()
+        # Recorded before answering: once the client has its answer, the
+        # request is in the list.
+        self.server.owner.served(self.path)
         self.send_response(status)
         if query.get("keep"):
             self.send_header("x-jitauth-keep-grant", query["keep"][0])
@@ -85,7 +88,6 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self.server.owner.served(self.path)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
@@ -107,7 +109,7 @@ class Upstream:
         self.server = _Server(("127.0.0.1", 0), _Echo)
         self.server.owner = self
         self.port = self.server.server_address[1]
-        self.requests = []          # answered, in order
+        self.requests = []          # answered (or answering), in order
         self.received = []          # arrived, answered or not
         self._held = {}
         self._lock = threading.Lock()

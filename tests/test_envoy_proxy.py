@@ -202,7 +202,7 @@ def test_route_context_extensions_name_the_action(stack):
 
 
 def test_routes_without_ext_authz_are_not_asked(stack):
-    status, _, body = stack.call("GET", "/healthz")
+    status, _, body = stack.call("GET", "/healthz", {GRANT: "f" * 32})
 
     assert status == 200
     assert GRANT not in echoed(body)
@@ -299,7 +299,7 @@ def test_the_access_log_completes_the_grant(stack, query, outcome):
 
     assert grant.state == GrantState.COMPLETED
     assert grant.outcome == outcome
-    assert grant.ended_at_ms - answered_ms < 2000
+    assert grant.ended_at_ms - answered_ms < 4000
 
 
 def test_the_upstream_can_keep_its_grant(stack):
