@@ -145,11 +145,14 @@ class Upstream:
 
 def envoy_config(listen_port: int, admin_port: int, jitauth_port: int,
                  app_port: int, *, jwks: str | None = None,
-                 ext_authz: bool = True, access_log: bool = True) -> dict:
+                 ext_authz: bool = True, access_log: bool = True,
+                 tls: dict | None = None) -> dict:
     """The example Envoy configuration with this run's ports.
 
     ``ext_authz=False`` removes the authorizer (and the JWT filter), for
-    measuring what Envoy alone costs.
+    measuring what Envoy alone costs.  ``tls`` (paths ``cert``, ``key``,
+    ``ca``) makes the listener TLS, requiring a client certificate signed
+    by ``ca``.
     """
     with open(os.path.join(EXAMPLES, "envoy.yaml")) as f:
         config = yaml.safe_load(f)
@@ -179,7 +182,57 @@ def envoy_config(listen_port: int, admin_port: int, jitauth_port: int,
                 route.pop("typed_per_filter_config", None)
     if not access_log:
         manager.pop("access_log", None)
+    if tls is not None:
+        listener["filter_chains"][0]["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_"
+                         "sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True,
+                "common_tls_context": {
+                    "tls_certificates": [{
+                        "certificate_chain": {"filename": tls["cert"]},
+                        "private_key": {"filename": tls["key"]}}],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tls["ca"]}}}}}
     return config
+
+
+def make_certificates(directory, client_uri: str) -> dict:
+    """A CA, a server certificate for 127.0.0.1, a client certificate
+    whose URI SAN is ``client_uri`` and a "stranger" client certificate
+    (URI SAN ``spiffe://test/stranger``), made with the openssl command."""
+    directory = str(directory)
+
+    def path(name):
+        return os.path.join(directory, name)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True,
+                       timeout=60)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:P-256", "-nodes", "-keyout", path("ca.key"),
+            "-out", path("ca.crt"), "-subj", "/CN=jitauth-test-ca",
+            "-days", "2")
+    for name, san in (("server", "IP:127.0.0.1"),
+                      ("client", "URI:" + client_uri),
+                      ("stranger", "URI:spiffe://test/stranger")):
+        with open(path(name + ".ext"), "w") as f:
+            f.write("subjectAltName=%s\n" % san)
+        openssl("req", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                path(name + ".key"), "-out", path(name + ".csr"), "-subj",
+                "/CN=" + name)
+        openssl("x509", "-req", "-in", path(name + ".csr"), "-CA",
+                path("ca.crt"), "-CAkey", path("ca.key"), "-CAcreateserial",
+                "-out", path(name + ".crt"), "-days", "2", "-extfile",
+                path(name + ".ext"))
+    return {"ca": path("ca.crt"), "cert": path("server.crt"),
+            "key": path("server.key"), "client_cert": path("client.crt"),
+            "client_key": path("client.key"),
+            "stranger_cert": path("stranger.crt"),
+            "stranger_key": path("stranger.key")}
 
 
 class Envoy:
@@ -251,9 +304,15 @@ class Envoy:
 
 
 def request(port: int, method: str, path: str, headers=None, body=None,
-            timeout: float = 10.0) -> tuple:
-    """One HTTP/1.1 request to 127.0.0.1:port; (status, headers, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+            timeout: float = 10.0, tls=None) -> tuple:
+    """One HTTP/1.1 request to 127.0.0.1:port; (status, headers, body).
+    ``tls``: an ``ssl.SSLContext`` to speak HTTPS with."""
+    if tls is not None:
+        conn = http.client.HTTPSConnection("127.0.0.1", port,
+                                           timeout=timeout, context=tls)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port,
+                                          timeout=timeout)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()

@@ -6,6 +6,8 @@ example mapping plus two routes for this test's policy."""
 
 import json
 import os
+import shutil
+import ssl
 import threading
 import time
 
@@ -19,6 +21,7 @@ from envoy_harness import (
     envoy_binary,
     envoy_config,
     free_port,
+    make_certificates,
     request,
 )
 from live_server import write_sources
@@ -68,6 +71,12 @@ rules:
     action: reports.render
     entitlement: reports.render
     grant: {ttl: 30s, quota: renders.daily}
+  - id: audit-by-service
+    effect: allow
+    action: audit.read
+    when:
+      - {attr: context.peer_principal, eq: "spiffe://acme/reporting"}
+    grant: {ttl: 30s}
   - id: billing
     effect: allow
     action: billing.*
@@ -88,6 +97,8 @@ EXTRA_ROUTES = [
                                               "id": "{id}"}},
     {"method": "DELETE", "path": "/reports/{id}", "action": "reports.delete",
      "resource": {"type": "report", "id": "{id}"}},
+    {"method": "GET", "path": "/audit/{id}", "action": "audit.read",
+     "resource": {"type": "audit", "id": "{id}"}},
 ]
 
 ALICE = {"org": "acme", "sub": "alice", "roles": ["analyst"]}
@@ -104,7 +115,8 @@ def example_mapping(name: str = "mapping.yaml"):
 class Stack:
     """jitauth (in process, port 0), the upstream and Envoy."""
 
-    def __init__(self, directory, mapping, data_dir, *, jitauth=True):
+    def __init__(self, directory, mapping, data_dir, *, jitauth=True,
+                 tls=None):
         self.upstream = Upstream()
         self.service = None
         port = free_port()
@@ -114,7 +126,8 @@ class Stack:
                 open_authorizer=lambda path, m: Authorizer(path, matcher=m))
             port = self.service.start()
         self.envoy = Envoy(envoy_config(free_port(), free_port(), port,
-                                        self.upstream.port), directory)
+                                        self.upstream.port, tls=tls),
+                           directory)
 
     def call(self, method, path, headers=None, claims=None, **kw):
         headers = dict(headers or {})
@@ -381,6 +394,32 @@ def test_jitauth_keeps_serving_after_bad_input(stack):
 
     assert status == 200
     assert stack.envoy.proc.poll() is None
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None,
+                    reason="no openssl command to make test certificates")
+def test_the_peer_certificate_principal_reaches_the_rules(tmp_path,
+                                                          data_dir):
+    certs = make_certificates(tmp_path, "spiffe://acme/reporting")
+    stack = Stack(tmp_path, example_mapping(), data_dir, tls=certs)
+    client = ssl.create_default_context(cafile=certs["ca"])
+    client.load_cert_chain(certs["client_cert"], certs["client_key"])
+    stranger = ssl.create_default_context(cafile=certs["ca"])
+    stranger.load_cert_chain(certs["stranger_cert"], certs["stranger_key"])
+    anonymous = ssl.create_default_context(cafile=certs["ca"])
+    try:
+        ok = stack.call("GET", "/audit/log-1", claims=ALICE, tls=client)
+        other = stack.call("GET", "/audit/log-1", claims=ALICE,
+                           tls=stranger)
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            stack.call("GET", "/audit/log-1", claims=ALICE, tls=anonymous)
+    finally:
+        stack.close()
+
+    assert ok[0] == 200
+    assert GRANT in echoed(ok[2])
+    assert other[0] == 403
+    assert json.loads(other[2])["reason"] == "no_matching_rule"
 
 
 def test_identity_from_headers(tmp_path, data_dir):
