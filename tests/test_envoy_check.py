@@ -378,3 +378,50 @@ class _Held:
         yield message
         self.started.set()
         self.done.wait(10)
+
+
+def test_serve_with_an_envoy_config_and_two_workers(tmp_path, data_dir):
+    from live_server import ServeProcess, wait_serving
+
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(json.dumps(MAPPING))
+    server = ServeProcess("--data", str(data_dir), "--listen",
+                          "127.0.0.1:0", "--workers", "2", "--envoy-config",
+                          str(mapping))
+    try:
+        wait_serving(server.address)
+        answers = []
+        for _ in range(4):      # own connections: both workers answer
+            with grpc.insecure_channel(
+                    server.address,
+                    options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                check = external_auth_pb2_grpc.AuthorizationStub(ch)
+                answers.append(check.Check(check_request(
+                    headers=dict(ALICE, **{"x-account": "globex"})),
+                    timeout=10))
+    finally:
+        server.stop()
+
+    assert {body(a)["reason"] for a in answers} == {"not_entitled"}
+
+
+@pytest.mark.parametrize("content, message", [
+    ("identity: [", "not valid YAML"),
+    ("routes: []", "identity: is required"),
+])
+def test_serve_refuses_a_bad_envoy_config(tmp_path, content, message):
+    import subprocess
+
+    from live_server import JITAUTH
+
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(content)
+
+    out = subprocess.run(
+        JITAUTH + ["serve", "--data", str(tmp_path), "--listen",
+                   "127.0.0.1:0", "--envoy-config", str(mapping)],
+        capture_output=True, text=True, timeout=60)
+
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert str(mapping) in out.stderr
