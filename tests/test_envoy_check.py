@@ -61,6 +61,12 @@ def check_request(method="POST", path="/reports/q3/export", headers=None,
 class Broken:
     revision = 1
 
+    def refresh(self):
+        return self.revision
+
+    def maintain(self):
+        pass
+
     def authorize(self, query):
         raise RuntimeError("corrupt record")
 
@@ -425,3 +431,21 @@ def test_serve_refuses_a_bad_envoy_config(tmp_path, content, message):
     assert out.returncode == 2
     assert message in out.stderr
     assert str(mapping) in out.stderr
+
+
+def test_access_log_survives_internal_errors(tmp_path, caplog):
+    service = serve(tmp_path / "data", open_authorizer=lambda p, m: Broken())
+    try:
+        with grpc.insecure_channel("127.0.0.1:%d" % service.port) as ch:
+            logs = als_pb2_grpc.AccessLogServiceStub(ch)
+            with caplog.at_level(logging.ERROR, "jitauth.envoy.accesslog"):
+                logs.StreamAccessLogs(stream(
+                    *[log_entry("a" * 32, 200) for _ in range(5)]),
+                    timeout=5)
+    finally:
+        service.stop(0)
+
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR
+              and r.name == "jitauth.envoy.accesslog"]
+    assert len(errors) == 1
+    assert "corrupt record" in caplog.text

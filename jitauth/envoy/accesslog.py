@@ -89,7 +89,7 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         if not self._streams.acquire(blocking=False):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           "too many access log streams")
-        warned = False
+        warned = failed = False
         try:
             for message in request_iterator:
                 for entry in message.http_logs.log_entry:
@@ -104,8 +104,11 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
                     except Exception:
                         # A bug must not end the stream: Envoy would drop
                         # the entries of every other request meanwhile.
-                        log.exception("completing a grant from the "
-                                      "access log failed")
+                        # Logged once per stream, not once per request.
+                        if not failed:
+                            log.exception("completing a grant from the "
+                                          "access log failed")
+                            failed = True
         finally:
             self._streams.release()
         return als_pb2.StreamAccessLogsResponse()
