@@ -3,6 +3,9 @@
 import sys
 import time
 
+# When piped, a long step reports how far it got this often.
+PIPED_EVERY_SECONDS = 15.0
+
 
 class Progress:
     """Shows the step in progress, its fraction done and the elapsed time.
@@ -25,6 +28,7 @@ class Progress:
 
     def step(self, label: str) -> None:
         self.label = label
+        self._last = time.monotonic()
         if self.quiet:
             return
         if self.tty:
@@ -34,13 +38,20 @@ class Progress:
                   flush=True)
 
     def update(self, done: float, total: float) -> None:
-        if self.quiet or not self.tty:
+        if self.quiet:
             return
         now = time.monotonic()
+        fraction = done / total if total else 1.0
+        if not self.tty:
+            if now - self._last >= PIPED_EVERY_SECONDS:
+                self._last = now
+                print("[%s] %s: %d%%" % (self._elapsed(), self.label,
+                                         fraction * 100),
+                      file=self.stream, flush=True)
+            return
         if now - self._last < 0.1 and done < total:
             return
         self._last = now
-        fraction = done / total if total else 1.0
         bar = "#" * int(fraction * 20)
         self._draw(" [%-20s] %3d%%" % (bar, fraction * 100))
 
