@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from jitauth import grants
 from jitauth._core import Matcher, StoreError
@@ -38,6 +39,13 @@ from jitauth.reference import ReferenceMatcher
 from jitauth.store import Store, durability
 
 log = logging.getLogger(__name__)
+
+
+class _Revision(NamedTuple):
+    """A policy revision's matcher and compiled policy, always together."""
+
+    matcher: object
+    policy: dict
 
 
 @dataclass(slots=True)
@@ -198,8 +206,7 @@ class Authorizer:
             raise Unavailable(str(exc)) from exc
         self.matcher_name = matcher
         self.clock = clock
-        self._matcher = None
-        self._policy = None
+        self._current = None     # a _Revision, swapped whole
         self._explainer = None
         self._durability = durability()
         self._last_purge = time.monotonic()
@@ -217,7 +224,18 @@ class Authorizer:
 
     @property
     def revision(self) -> int:
-        return self._matcher.revision if self._matcher else 0
+        current = self._current
+        return current.matcher.revision if current else 0
+
+    @property
+    def _matcher(self):
+        current = self._current
+        return current.matcher if current else None
+
+    @property
+    def _policy(self):
+        current = self._current
+        return current.policy if current else None
 
     def close(self) -> None:
         if self.recorder is not None:
@@ -237,27 +255,31 @@ class Authorizer:
         with self.store.env.begin() as txn:
             revision = self.store.current_revision(txn)
             if revision == 0:
-                self._matcher = None
+                self._current = None
                 return
-            if self._matcher and self._matcher.revision == revision:
+            if self._current and self._current.matcher.revision == revision:
                 return
             policy = self.store.read_policy(txn, revision)
         cls = Matcher if self.matcher_name == "compiled" else ReferenceMatcher
-        self._matcher = cls(policy, revision)
-        self._policy = policy
+        # One assignment, so a thread never sees one revision's matcher
+        # with another's policy.
+        self._current = _Revision(cls(policy, revision), policy)
         log.info("deciding with policy revision %d (%d rules)", revision,
                  len(policy["rules"]))
 
     def _match(self, q: AuthorizeInput, now_ms: int) -> tuple:
-        """(reason, rule index, limit slots) under one consistent revision."""
+        """``((reason, rule index, limit slots), revision)``: the answer and
+        the ``_Revision`` that gave it, read under one consistent revision.
+        """
         store = self.store
         for _ in range(_STALE_RETRIES):
-            matcher = self._matcher
-            if matcher is None:
+            current = self._current
+            if current is None:
                 self._refresh()
-                if self._matcher is None:
+                if self._current is None:
                     raise Unavailable("no policy has been loaded")
                 continue
+            matcher = current.matcher
 
             if self.matcher_name == "compiled":
                 found = matcher.match_stored(
@@ -266,20 +288,21 @@ class Authorizer:
                     q.resource_type, q.resource_id, q.resource_attributes,
                     q.context, now_ms)
             else:
-                found = self._match_reference(matcher, q, now_ms)
+                found = self._match_reference(current, q, now_ms)
             if found[0]:
-                return found
+                return found, current
 
             self._refresh()
         raise Unavailable("the policy revision kept changing")
 
-    def _match_reference(self, matcher, q: AuthorizeInput,
+    def _match_reference(self, current, q: AuthorizeInput,
                          now_ms: int) -> tuple:
+        matcher = current.matcher
         with self.store.env.begin() as txn:
             if self.store.current_revision(txn) != matcher.revision:
                 return (0, -1, -1)
             record = txn.get(self.store.licenses, q.account_id.encode())
-        offsets = tz_offsets(self._policy["timezones"], now_ms)
+        offsets = tz_offsets(current.policy["timezones"], now_ms)
         return matcher.match(
             record, q.account_id, q.subject_id, q.roles,
             q.subject_attributes, q.action, q.resource_type, q.resource_id,
@@ -301,21 +324,23 @@ class Authorizer:
                     if self.audit is not None:
                         self.audit.decided(q, replay, now_ms)
                     return replay
-            reason, index, limit_max = self._match(q, now_ms)
+            (reason, index, limit_max), current = self._match(q, now_ms)
         except StoreError as exc:
             raise Unavailable(str(exc)) from exc
         reason = Reason(reason)
-        policy = self._policy
+        policy = current.policy
         rule = policy["rules"][index] if index >= 0 else None
         result = AuthorizeResult(
             allowed=False, reason=reason, message="",
-            decision_id=os.urandom(12).hex(), revision=self.revision,
+            decision_id=os.urandom(12).hex(),
+            revision=current.matcher.revision,
             rule_id=rule["id"] if rule else "", dry_run=q.dry_run)
 
         if reason == Reason.ALLOWED_BY_RULE:
-            self._grant(q, rule, limit_max, now_ms, result)
+            self._grant(q, rule, limit_max, now_ms, result, policy)
         if q.explain:
-            result.explanation = self._explain(q, now_ms, result, limit_max)
+            result.explanation = self._explain(q, now_ms, result, limit_max,
+                                               current)
 
         result.message = _MESSAGES[result.reason].format(
             rule=result.rule_id, account=q.account_id, action=q.action,
@@ -334,7 +359,7 @@ class Authorizer:
         return _stored_answer(raw, q, now_ms)
 
     def _grant(self, q: AuthorizeInput, rule: dict, limit_max: int,
-               now_ms: int, result: AuthorizeResult) -> None:
+               now_ms: int, result: AuthorizeResult, policy: dict) -> None:
         """Take the seat and the quota units, store the grant."""
         grant = grants.Grant(
             grant_id=grants.new_grant_id(),
@@ -360,7 +385,7 @@ class Authorizer:
         )
         period_end = 0
         if grant.quota:
-            period = self._policy["quotas"][grant.quota]
+            period = policy["quotas"][grant.quota]
             grant.period_start_ms, period_end = grants.period_bounds(
                 period, now_ms)
 
@@ -373,7 +398,8 @@ class Authorizer:
                     if replay:
                         _copy(replay, result)
                         return
-                quota_max = self._quota_max(txn, grant) if grant.quota else 0
+                quota_max = (self._quota_max(txn, grant, policy)
+                             if grant.quota else 0)
                 if q.dry_run:
                     refusal = grants.check(self.store, txn, grant, limit_max,
                                            quota_max)
@@ -401,7 +427,7 @@ class Authorizer:
         if not q.dry_run:
             _fill_granted(result, grant)
 
-    def _quota_max(self, txn, grant: grants.Grant) -> int:
+    def _quota_max(self, txn, grant: grants.Grant, policy: dict) -> int:
         """The account's quota: its license's own figure, else its plan's."""
         record = txn.get(self.store.licenses, grant.account_id.encode())
         if record is None:
@@ -409,22 +435,23 @@ class Authorizer:
         lic = decode_license(grant.account_id, record)
         if grant.quota in lic.limits:
             return lic.limits[grant.quota]
-        plan = self._policy["plans"].get(lic.plan, {})
+        plan = policy["plans"].get(lic.plan, {})
         return plan.get("quotas", {}).get(grant.quota, 0)
 
     def _explain(self, q: AuthorizeInput, now_ms: int,
-                 result: AuthorizeResult, limit_max: int) -> list:
+                 result: AuthorizeResult, limit_max: int, current) -> list:
         with self.store.env.begin() as txn:
             record = txn.get(self.store.licenses, q.account_id.encode())
+        revision = current.matcher.revision
         explainer = self._explainer
-        if explainer is None or explainer.revision != self.revision:
-            explainer = ReferenceMatcher(self._policy, self.revision)
+        if explainer is None or explainer.revision != revision:
+            explainer = ReferenceMatcher(current.policy, revision)
             self._explainer = explainer
         steps = explainer.explain(
             record, q.account_id, q.subject_id, q.roles,
             q.subject_attributes, q.action, q.resource_type, q.resource_id,
             q.resource_attributes, q.context, now_ms,
-            tz_offsets(self._policy["timezones"], now_ms))
+            tz_offsets(current.policy["timezones"], now_ms))
         if result.reason == Reason.CONCURRENCY_LIMIT_REACHED:
             steps.append("limit: all %d slots are held by live grants"
                          % limit_max)
@@ -502,10 +529,9 @@ class Authorizer:
             lic = decode_license(account_id, record) if record else None
             live = grants.live_grants(self.store, txn, account_id, now_ms)
             usage = []
-            plan = (self._policy or {}).get("plans", {}).get(
-                lic.plan if lic else "", {})
-            for quota, period in (self._policy or {}).get(
-                    "quotas", {}).items():
+            policy = self._policy or {}
+            plan = policy.get("plans", {}).get(lic.plan if lic else "", {})
+            for quota, period in policy.get("quotas", {}).items():
                 start, end = grants.period_bounds(period, now_ms)
                 consumed, reserved = grants.read_usage(
                     self.store, txn, grants.usage_key(account_id, quota,

@@ -277,10 +277,6 @@ def test_a_switch_under_load_fails_no_call_and_reaches_every_connection(
         assert {rule for _, rule in per_connection} <= set(rule_of.values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Authorizer.authorize reads self._policy and self.revision after "
-    "_match returned, and _refresh assigns _matcher and _policy one after "
-    "the other: a thread can report one revision with another's rule"))
 def test_no_answer_pairs_a_revision_with_another_revisions_rule(loaded):
     """Eight threads deciding on one Authorizer while the policy switches
     40 times between two that differ in the id of the deciding rule."""
