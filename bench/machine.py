@@ -78,15 +78,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+_MEMORY_KEYS = {"Rss": "rss", "Pss": "pss", "Anonymous": "anon",
+                "Private_Dirty": "private_dirty"}
+
+
 def memory_kib(pid: int) -> dict:
-    """RSS and PSS of ``pid`` in KiB (``smaps_rollup``)."""
-    out = {"rss": 0, "pss": 0}
+    """RSS, PSS, anonymous and private dirty memory of ``pid`` in KiB.
+
+    From ``smaps_rollup``.  RSS and PSS include the pages of the LMDB
+    memory map the process has touched (file pages, shared, reclaimable);
+    ``anon`` is the process's own heap and stacks.
+    """
+    out = dict.fromkeys(_MEMORY_KEYS.values(), 0)
     try:
         with open("/proc/%d/smaps_rollup" % pid) as f:
             for line in f:
                 key, _, rest = line.partition(":")
-                if key in ("Rss", "Pss"):
-                    out[key.lower()] = int(rest.split()[0])
+                if key in _MEMORY_KEYS:
+                    out[_MEMORY_KEYS[key]] = int(rest.split()[0])
     except OSError:
         pass
     return out

@@ -8,7 +8,8 @@ own RSS and PSS.  Then ``jitauth serve`` with 2 workers is started on the
 same data, driven for a few seconds by the Python client, and each
 worker's RSS and PSS are read.  LMDB pages are shared file mappings, so
 PSS splits them among the processes that touched them; a worker's
-private memory should not grow with the number of accounts.
+private memory should not grow with the number of accounts: the tables
+give RSS, PSS and anonymous memory (heap and stacks, no file pages).
 """
 
 import os
@@ -87,22 +88,23 @@ def _mib(kib) -> str:
 def markdown(result) -> str:
     lines = ["\n%d rules; accounts drawn uniformly.\n" % result["rules"],
              "| accounts | data.mdb MiB | p50 | spread | p99 | probe RSS / "
-             "PSS MiB | served calls | worker RSS / PSS MiB |",
+             "PSS / anon MiB | served calls | worker RSS / PSS / anon MiB |",
              "|---|---|---|---|---|---|---|---|"]
     for s in result["sizes"]:
         t = s["probe"]["timing"]
         mem = s["probe"]["memory_kib"]
         serve = s.get("serve")
-        workers = ("; ".join("%s / %s" % (_mib(w["rss"]), _mib(w["pss"]))
-                             for w in serve["workers"]) if serve
+        workers = ("; ".join("%s / %s / %s" % (
+            _mib(w["rss"]), _mib(w["pss"]), _mib(w.get("anon", 0)))
+            for w in serve["workers"]) if serve
                    else s.get("serve_error", "-"))
-        lines.append("| %d | %.0f | %.2f µs | %.0f%% | %.2f µs | %s / %s | "
-                     "%s | %s |" % (
+        lines.append("| %d | %.0f | %.2f µs | %.0f%% | %.2f µs | %s / %s / "
+                     "%s | %s | %s |" % (
                          s["accounts"], s["data_mib"],
                          t["p50"]["median"] / 1000,
                          100 * t["p50"]["rel_spread"],
                          t["p99"]["median"] / 1000, _mib(mem["rss"]),
-                         _mib(mem["pss"]),
+                         _mib(mem["pss"]), _mib(mem.get("anon", 0)),
                          serve["calls"] if serve else "-", workers))
     summary = result.get("summary")
     if summary:
@@ -140,6 +142,9 @@ def plot(result, out_dir: str, stem: str) -> list:
                           for s in sizes], marker="o", label="probe RSS")
     right.plot(accounts, [s["probe"]["memory_kib"]["pss"] / 1024
                           for s in sizes], marker="o", label="probe PSS")
+    right.plot(accounts, [s["probe"]["memory_kib"].get("anon", 0) / 1024
+                          for s in sizes], marker="o",
+               label="probe anonymous")
     served = [s for s in sizes if s.get("serve")]
     if served:
         right.plot([s["accounts"] for s in served],
