@@ -141,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
     shadow.add_argument("--policy", help="with apply: the candidate policy")
     shadow.add_argument("--json", action="store_true")
     shadow.set_defaults(run=_shadow)
+    if "apply" in commands.choices:
+        _add_shadow_flag(commands.choices["apply"])
 
     auth = commands.add_parser("authorize",
                                help="ask a running server for a decision")
@@ -323,6 +325,22 @@ def _shadow(args) -> int:
     from jitauth.shadow import run_command
 
     return run_command(args)
+
+
+def _add_shadow_flag(apply: argparse.ArgumentParser) -> None:
+    """``apply --shadow``: the policy becomes the shadow candidate."""
+    apply.add_argument("--shadow", action="store_true",
+                       help="evaluate the policy beside the active revision "
+                       "instead of installing it (see jitauth shadow)")
+    plain = apply.get_default("run")
+
+    def run(args) -> int:
+        if not args.shadow:
+            return plain(args)
+        args.step, args.json = "apply", False
+        return _shadow(args)
+
+    apply.set_defaults(run=run)
 
 
 def _pairs(option: str, items: list[str]) -> dict:
