@@ -3,10 +3,11 @@
 Audit records are a stream of their own, apart from the logs.  They live in
 the ``audit`` sub-database of the data directory's LMDB environment, keyed
 by a sequence number (u64 big-endian) that has no gaps: the next number is
-a counter in ``meta`` that is read and bumped inside the write transaction
-that stores the record, and LMDB admits one writer at a time across all
-processes, so two workers can never take the same number and an aborted
-transaction takes its number back with it.
+one more than the last key, read inside the write transaction that stores
+the record, and LMDB admits one writer at a time across all processes, so
+two workers can never take the same number and an aborted transaction takes
+its number back with it.  (Retention never deletes the newest record, so
+numbers are never handed out twice.)
 
 Two ways a record reaches the store:
 
@@ -41,7 +42,6 @@ import grpc
 
 log = logging.getLogger(__name__)
 
-SEQUENCE_KEY = b"audit_sequence"
 WHEN_FULL = ("block", "drop")
 
 #: The fields of a record, in stored order (``seq`` is the key).
@@ -186,11 +186,13 @@ class CallerTrace(grpc.ServerInterceptor):
 # Records
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(fields: tuple) -> bytes:
     """The stored form: time (i64 ms big-endian), then the other fields as
     a JSON array in ``FIELDS`` order."""
-    return _I64.pack(fields[0]) + json.dumps(
-        fields[1:], separators=(",", ":")).encode()
+    return _I64.pack(fields[0]) + _JSON.encode(fields[1:]).encode()
 
 
 def decode(seq: int, value: bytes) -> dict:
@@ -224,16 +226,15 @@ def _grant_fields(grant, event: str, time_ms: int, detail: str) -> tuple:
 
 def append(store, txn, fields: tuple) -> int:
     """Store one record in the write transaction ``txn``; its number."""
-    raw = txn.get(store.meta, SEQUENCE_KEY)
-    seq = (_U64.unpack(raw)[0] if raw else 0) + 1
-    txn.put(store.meta, SEQUENCE_KEY, _U64.pack(seq))
+    seq = last_sequence(store, txn) + 1
     txn.put(store.audit, _U64.pack(seq), encode(fields))
     return seq
 
 
 def last_sequence(store, txn) -> int:
-    raw = txn.get(store.meta, SEQUENCE_KEY)
-    return _U64.unpack(raw)[0] if raw else 0
+    """The newest record's number (0 when there is none)."""
+    last = txn.items(store.audit, limit=1, reverse=True)
+    return _U64.unpack(last[0][0])[0] if last else 0
 
 
 def first_sequence(store, txn) -> int:
@@ -249,11 +250,14 @@ def read(store, txn, seq: int) -> dict | None:
 
 def purge(store, older_than_ms: int, batch: int = BATCH) -> int:
     """Delete up to ``batch`` of the oldest records written before
-    ``older_than_ms`` in one write transaction; return how many."""
+    ``older_than_ms`` in one write transaction; return how many.  The
+    newest record always stays: the next number follows from it."""
     removed = 0
     with store.env.begin(write=True) as txn:
+        newest = last_sequence(store, txn)
         for key, value in txn.items(store.audit, limit=batch):
-            if record_time_ms(value) >= older_than_ms:
+            if record_time_ms(value) >= older_than_ms or \
+                    _U64.unpack(key)[0] == newest:
                 break
             txn.delete(store.audit, key)
             removed += 1

@@ -270,6 +270,25 @@ def test_retention_purges_old_records_in_batches(data_dir):
     assert [r["seq"] for r in records] == [6, 7, 8]
 
 
+def test_retention_keeps_the_newest_record_so_numbers_go_on(data_dir):
+    clock = Clock()
+    a = _open(data_dir, clock)
+    for _ in range(3):
+        a.authorize(_view())
+    a.close()
+
+    store = Store(data_dir)
+    try:
+        assert audit.purge(store, NOW + 86_400_000) == 2
+    finally:
+        store.close()
+    a = _open(data_dir, clock)
+    a.authorize(_view())
+    a.close()
+
+    assert [r["seq"] for r in _records(data_dir)] == [3, 4]
+
+
 def test_retention_option_is_a_duration():
     assert audit.parse_duration_ms("30d") == 30 * 86_400_000
     assert audit.parse_duration_ms("1h30m") == 5_400_000
