@@ -322,10 +322,12 @@ def describe(found: dict) -> str:
             active["rule_id"] or "no rule", candidate["decision"].upper(),
             candidate["reason"], candidate["rule_id"] or "no rule"))
         for ex in kind["examples"]:
-            lines.append("          e.g. %s %s/%s %s %s:%s (decision %s)" % (
+            resource = ""
+            if ex["resource_type"] or ex["resource_id"]:
+                resource = " %s:%s" % (ex["resource_type"], ex["resource_id"])
+            lines.append("          e.g. %s %s/%s %s%s (decision %s)" % (
                 _iso(ex["time_ms"]), ex["account_id"], ex["subject_id"],
-                ex["action"], ex["resource_type"], ex["resource_id"],
-                ex["decision_id"]))
+                ex["action"], resource, ex["decision_id"]))
     return "\n".join(lines)
 
 
