@@ -48,6 +48,28 @@ class _Revision(NamedTuple):
     policy: dict
 
 
+class _Decision(NamedTuple):
+    """What the matcher answered, before any grant is taken."""
+
+    result: AuthorizeResult
+    reason: Reason          # the matcher's own reason, before seats/quotas
+    rule: dict | None
+    limit_max: int
+    current: _Revision
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An allowed request on its way to a stored grant."""
+
+    q: AuthorizeInput
+    decision: _Decision
+    grant: object           # jitauth.grants.Grant
+    period_end: int
+    refusal: object = None  # jitauth.grants.Refusal
+    replayed: bool = False
+
+
 @dataclass(slots=True)
 class QuotaUsage:
     quota: str
@@ -317,6 +339,50 @@ class Authorizer:
         validate(q)
         now_ms = self.clock()
 
+        decision = self._decide(q, now_ms)
+        if isinstance(decision, AuthorizeResult):
+            return decision
+
+        if decision.reason == Reason.ALLOWED_BY_RULE:
+            self._take([self._pending(q, decision, now_ms)], now_ms)
+        return self._finish(q, decision, now_ms)
+
+    def authorize_batch(self, items: list) -> list:
+        """Decide each item as ``authorize`` would, in order, at one instant.
+
+        ``items`` holds ``AuthorizeInput`` objects, or ``InvalidInput``
+        errors found while parsing; the result holds an ``AuthorizeResult``
+        or the ``InvalidInput`` of each item.  The grants of all allowed
+        items are issued in one write transaction, in item order.  A store
+        failure fails the whole batch (``Unavailable``): nothing is ever
+        allowed by accident.
+        """
+        now_ms = self.clock()
+        results = list(items)
+        decisions = {}
+        for index, item in enumerate(items):
+            if isinstance(item, InvalidInput):
+                continue
+            try:
+                validate(item)
+            except InvalidInput as exc:
+                results[index] = exc
+                continue
+            decision = self._decide(item, now_ms)
+            if isinstance(decision, AuthorizeResult):
+                results[index] = decision
+            else:
+                decisions[index] = decision
+
+        self._take([self._pending(items[i], d, now_ms)
+                    for i, d in decisions.items()
+                    if d.reason == Reason.ALLOWED_BY_RULE], now_ms)
+        for index, decision in decisions.items():
+            results[index] = self._finish(items[index], decision, now_ms)
+        return results
+
+    def _decide(self, q: AuthorizeInput, now_ms: int):
+        """Match ``q``: a ``_Decision``, or the stored answer it repeats."""
         try:
             if q.request_id and not q.dry_run:
                 replay = self._replay(q, now_ms)
@@ -327,27 +393,31 @@ class Authorizer:
             (reason, index, limit_max), current = self._match(q, now_ms)
         except StoreError as exc:
             raise Unavailable(str(exc)) from exc
+
         reason = Reason(reason)
-        policy = current.policy
-        rule = policy["rules"][index] if index >= 0 else None
+        rule = current.policy["rules"][index] if index >= 0 else None
         result = AuthorizeResult(
             allowed=False, reason=reason, message="",
             decision_id=os.urandom(12).hex(),
             revision=current.matcher.revision,
             rule_id=rule["id"] if rule else "", dry_run=q.dry_run)
+        return _Decision(result, reason, rule, limit_max, current)
 
-        if reason == Reason.ALLOWED_BY_RULE:
-            self._grant(q, rule, limit_max, now_ms, result, policy)
+    def _finish(self, q: AuthorizeInput, decision: "_Decision",
+                now_ms: int) -> AuthorizeResult:
+        """Explain, word, compare with the shadow and record a decision."""
+        result, rule = decision.result, decision.rule
         if q.explain:
-            result.explanation = self._explain(q, now_ms, result, limit_max,
-                                               current)
+            result.explanation = self._explain(q, now_ms, result,
+                                               decision.limit_max,
+                                               decision.current)
 
         result.message = _MESSAGES[result.reason].format(
             rule=result.rule_id, account=q.account_id, action=q.action,
             limit=rule["limit"] if rule else "",
             quota=rule["quota"] if rule else "")
         if self.shadow is not None:
-            self.shadow.compare(q, now_ms, reason, result)
+            self.shadow.compare(q, now_ms, decision.reason, result)
         if self.audit is not None:
             self.audit.decided(q, result, now_ms)
         return result
@@ -358,9 +428,10 @@ class Authorizer:
                           grants.request_key(q.account_id, q.request_id))
         return _stored_answer(raw, q, now_ms)
 
-    def _grant(self, q: AuthorizeInput, rule: dict, limit_max: int,
-               now_ms: int, result: AuthorizeResult, policy: dict) -> None:
-        """Take the seat and the quota units, store the grant."""
+    def _pending(self, q: AuthorizeInput, decision: "_Decision",
+                 now_ms: int) -> "_Pending":
+        """The grant an allow would issue, not stored yet."""
+        rule, result = decision.rule, decision.result
         grant = grants.Grant(
             grant_id=grants.new_grant_id(),
             state=grants.GrantState.LIVE,
@@ -385,47 +456,65 @@ class Authorizer:
         )
         period_end = 0
         if grant.quota:
-            period = policy["quotas"][grant.quota]
+            period = decision.current.policy["quotas"][grant.quota]
             grant.period_start_ms, period_end = grants.period_bounds(
                 period, now_ms)
+        return _Pending(q, decision, grant, period_end)
 
+    def _take(self, pending: list, now_ms: int) -> None:
+        """Take the seats and quota units of allowed requests and store
+        their grants, all in one write transaction (a read transaction
+        when every one of them is a dry run)."""
+        if not pending:
+            return
+        write = not all(p.q.dry_run for p in pending)
         try:
-            with self.store.env.begin(write=not q.dry_run) as txn:
-                if q.request_id and not q.dry_run:
-                    key = grants.request_key(q.account_id, q.request_id)
-                    replay = _stored_answer(txn.get(self.store.requests, key),
-                                            q, now_ms)
-                    if replay:
-                        _copy(replay, result)
-                        return
-                quota_max = (self._quota_max(txn, grant, policy)
-                             if grant.quota else 0)
-                if q.dry_run:
-                    refusal = grants.check(self.store, txn, grant, limit_max,
-                                           quota_max)
-                else:
-                    refusal = grants.issue(self.store, txn, grant, limit_max,
-                                           quota_max)
-                    if refusal is None and self.audit is not None:
-                        self.audit.granted(txn, q, result, grant)
-                if refusal is None and q.request_id and not q.dry_run:
-                    _fill_granted(result, grant)
-                    txn.put(self.store.requests, key,
-                            _answer_record(q, result))
+            with self.store.env.begin(write=write) as txn:
+                for p in pending:
+                    self._place(txn, p, now_ms)
         except StoreError as exc:
             raise Unavailable(str(exc)) from exc
 
-        if refusal is not None:
-            if refusal.what == "limit":
+        for p in pending:
+            result = p.decision.result
+            if p.replayed:
+                continue
+            if p.refusal is None:
+                result.allowed = True
+                if not p.q.dry_run:
+                    _fill_granted(result, p.grant)
+            elif p.refusal.what == "limit":
                 result.reason = Reason.CONCURRENCY_LIMIT_REACHED
-                result.retry_after_ms = refusal.retry_after_ms
+                result.retry_after_ms = p.refusal.retry_after_ms
             else:
                 result.reason = Reason.QUOTA_EXHAUSTED
-                result.retry_after_ms = period_end - now_ms
+                result.retry_after_ms = p.period_end - now_ms
+
+    def _place(self, txn, p: "_Pending", now_ms: int) -> None:
+        q, grant, result = p.q, p.grant, p.decision.result
+        if q.request_id and not q.dry_run:
+            key = grants.request_key(q.account_id, q.request_id)
+            replay = _stored_answer(txn.get(self.store.requests, key), q,
+                                    now_ms)
+            if replay:
+                _copy(replay, result)
+                p.replayed = True
+                return
+
+        policy = p.decision.current.policy
+        quota_max = (self._quota_max(txn, grant, policy) if grant.quota
+                     else 0)
+        if q.dry_run:
+            p.refusal = grants.check(self.store, txn, grant,
+                                     p.decision.limit_max, quota_max)
             return
-        result.allowed = True
-        if not q.dry_run:
+        p.refusal = grants.issue(self.store, txn, grant,
+                                 p.decision.limit_max, quota_max)
+        if p.refusal is None and self.audit is not None:
+            self.audit.granted(txn, q, result, grant)
+        if p.refusal is None and q.request_id:
             _fill_granted(result, grant)
+            txn.put(self.store.requests, key, _answer_record(q, result))
 
     def _quota_max(self, txn, grant: grants.Grant, policy: dict) -> int:
         """The account's quota: its license's own figure, else its plan's."""
@@ -463,25 +552,6 @@ class Authorizer:
                          % (result.grant_id, result.expires_at_ms,
                             result.units))
         return steps
-
-    def authorize_batch(self, items: list) -> list:
-        """Decide each item as ``authorize`` would, in order.
-
-        ``items`` holds ``AuthorizeInput`` objects, or ``InvalidInput``
-        errors found while parsing; the result holds an ``AuthorizeResult``
-        or the ``InvalidInput`` of each item.  A store failure fails the
-        whole batch (``Unavailable``): nothing is ever allowed by accident.
-        """
-        results = []
-        for item in items:
-            if isinstance(item, InvalidInput):
-                results.append(item)
-                continue
-            try:
-                results.append(self.authorize(item))
-            except InvalidInput as exc:
-                results.append(exc)
-        return results
 
     def complete(self, grant_id: str, outcome: Outcome,
                  units: int | None = None) -> CompleteResult:
