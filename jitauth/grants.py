@@ -79,18 +79,20 @@ class Grant:
     consumed: int = 0           # units consumed once settled
 
     def encode(self) -> bytes:
-        out = bytearray(_HEAD.pack(
+        parts = [_HEAD.pack(
             RECORD_VERSION, int(self.state),
             int(self.outcome) if self.outcome else 0, self.scope,
             self.issued_at_ms, self.expires_at_ms, self.ended_at_ms,
             self.revision, self.units, self.period_start_ms,
-            self.max_expires_at_ms))
-        out += _I64.pack(self.consumed)
-        for name in _STRINGS:
-            data = getattr(self, name).encode()
-            out += _U16.pack(len(data))
-            out += data
-        return bytes(out)
+            self.max_expires_at_ms), _I64.pack(self.consumed)]
+        for text in (self.account_id, self.subject_id, self.action,
+                     self.resource_type, self.resource_id, self.rule_id,
+                     self.limit, self.quota, self.request_id,
+                     self.decision_id):
+            data = text.encode()
+            parts.append(_U16.pack(len(data)))
+            parts.append(data)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, grant_id: bytes, record: bytes) -> "Grant":
