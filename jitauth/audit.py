@@ -459,6 +459,8 @@ class Recorder:
         with self._room:
             self._room.notify_all()
         self._flush()
+        if self.config.shadow:
+            self._poll_shadow()  # store the last evaluated count
         self.authorizer.shadow = None
 
 
