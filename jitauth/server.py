@@ -243,12 +243,14 @@ class Service:
             self.server)
         self._set_serving(False)
 
+        # Open the data before taking connections, so a worker that can
+        # open it never answers a first call with UNAVAILABLE.
+        self._check_data()
+
         self.port = self.server.add_insecure_port(self.listen)
         if not self.port:
             raise OSError("cannot listen on %s" % self.listen)
         self.server.start()
-
-        self._check_data()
         self._watcher = threading.Thread(target=self._watch_data,
                                          name="jitauth-data", daemon=True)
         self._watcher.start()
