@@ -68,6 +68,7 @@ class _Pending:
     period_end: int
     refusal: object = None  # jitauth.grants.Refusal
     replayed: bool = False
+    error: InvalidInput | None = None
 
 
 @dataclass(slots=True)
@@ -119,13 +120,26 @@ def _answer_record(q: AuthorizeInput, result: AuthorizeResult) -> bytes:
     }).encode()
 
 
-def _stored_answer(raw, q: AuthorizeInput, now_ms: int):
-    """The first answer to ``q.request_id`` while its grant lives."""
+def _stored_answer(store, txn, q: AuthorizeInput, now_ms: int):
+    """The first answer to ``q.request_id``, while its grant is live.
+
+    Once the grant has ended (completed, revoked, expired) the id is free
+    again and the request is decided afresh: a replay never outlives the
+    grant it hands back, and it reports the grant's current expiry (which
+    Renew may have moved).
+    """
+    raw = txn.get(store.requests, grants.request_key(q.account_id,
+                                                     q.request_id))
     if raw is None:
         return None
     stored = json.loads(raw)
-    if stored["expires_at_ms"] <= now_ms:
+    record = txn.get(store.grants, bytes.fromhex(stored["grant_id"]))
+    if record is None:
         return None
+    grant = grants.Grant.decode(bytes.fromhex(stored["grant_id"]), record)
+    if not grant.live_at(now_ms):
+        return None
+
     if stored["fingerprint"] != _fingerprint(q):
         raise InvalidInput("request_id", "was already used for a different "
                            "request of this account")
@@ -134,7 +148,7 @@ def _stored_answer(raw, q: AuthorizeInput, now_ms: int):
         message="Allowed by rule %s (repeated request)." % stored["rule_id"],
         decision_id=stored["decision_id"], revision=stored["revision"],
         rule_id=stored["rule_id"], grant_id=stored["grant_id"],
-        expires_at_ms=stored["expires_at_ms"], units=stored["units"],
+        expires_at_ms=grant.expires_at_ms, units=stored["units"],
         replayed=True)
 
 
@@ -344,7 +358,10 @@ class Authorizer:
             return decision
 
         if decision.reason == Reason.ALLOWED_BY_RULE:
-            self._take([self._pending(q, decision, now_ms)], now_ms)
+            pending = self._pending(q, decision, now_ms)
+            self._take([pending], now_ms)
+            if pending.error:
+                raise pending.error
         return self._finish(q, decision, now_ms)
 
     def authorize_batch(self, items: list) -> list:
@@ -365,20 +382,25 @@ class Authorizer:
                 continue
             try:
                 validate(item)
+                decision = self._decide(item, now_ms)
             except InvalidInput as exc:
                 results[index] = exc
                 continue
-            decision = self._decide(item, now_ms)
             if isinstance(decision, AuthorizeResult):
                 results[index] = decision
             else:
                 decisions[index] = decision
 
-        self._take([self._pending(items[i], d, now_ms)
-                    for i, d in decisions.items()
-                    if d.reason == Reason.ALLOWED_BY_RULE], now_ms)
+        pending = {i: self._pending(items[i], d, now_ms)
+                   for i, d in decisions.items()
+                   if d.reason == Reason.ALLOWED_BY_RULE}
+        self._take(list(pending.values()), now_ms)
         for index, decision in decisions.items():
-            results[index] = self._finish(items[index], decision, now_ms)
+            if index in pending and pending[index].error:
+                results[index] = pending[index].error
+            else:
+                results[index] = self._finish(items[index], decision,
+                                              now_ms)
         return results
 
     def _decide(self, q: AuthorizeInput, now_ms: int):
@@ -424,9 +446,7 @@ class Authorizer:
 
     def _replay(self, q: AuthorizeInput, now_ms: int):
         with self.store.env.begin() as txn:
-            raw = txn.get(self.store.requests,
-                          grants.request_key(q.account_id, q.request_id))
-        return _stored_answer(raw, q, now_ms)
+            return _stored_answer(self.store, txn, q, now_ms)
 
     def _pending(self, q: AuthorizeInput, decision: "_Decision",
                  now_ms: int) -> "_Pending":
@@ -477,7 +497,7 @@ class Authorizer:
 
         for p in pending:
             result = p.decision.result
-            if p.replayed:
+            if p.replayed or p.error:
                 continue
             if p.refusal is None:
                 result.allowed = True
@@ -494,8 +514,11 @@ class Authorizer:
         q, grant, result = p.q, p.grant, p.decision.result
         if q.request_id and not q.dry_run:
             key = grants.request_key(q.account_id, q.request_id)
-            replay = _stored_answer(txn.get(self.store.requests, key), q,
-                                    now_ms)
+            try:
+                replay = _stored_answer(self.store, txn, q, now_ms)
+            except InvalidInput as exc:
+                p.error = exc  # this item only: the others still go in
+                return
             if replay:
                 _copy(replay, result)
                 p.replayed = True

@@ -382,3 +382,46 @@ def test_period_bounds_are_utc_calendar_periods():
     assert period_bounds("hour", NOW) == (1779998400000, 1780002000000)
     december = 1796083200000 + HOUR  # 2026-12-01T01:00Z
     assert period_bounds("month", december)[1] == 1798761600000
+
+
+def test_no_replay_once_the_grant_is_revoked(env, tmp_path):
+    a, _ = env
+    first = a.authorize(ask("reports.export", request_id="job-r"))
+    a.revoke_account("acme")
+    (tmp_path / "d.jsonl").write_text(
+        '{"account": "acme", "plan": "pro", "status": "suspended"}\n')
+    from jitauth.loader import apply_delta
+
+    apply_delta(str(tmp_path / "data"), str(tmp_path / "d.jsonl"))
+    again = a.authorize(ask("reports.export", request_id="job-r"))
+
+    assert first.allowed
+    assert (again.allowed, again.replayed, again.reason) == (
+        False, False, Reason.LICENSE_INACTIVE)
+
+
+def test_replay_follows_a_renewal(env):
+    a, clock = env
+    first = a.authorize(ask("reports.export", request_id="job-n"))
+    a.renew(first.grant_id, "acme", 30_000)
+    clock.now += 15_000  # past the first expiry, inside the renewed one
+
+    again = a.authorize(ask("reports.export", request_id="job-n"))
+
+    assert again.replayed and again.grant_id == first.grant_id
+    assert again.expires_at_ms == NOW + 30_000
+    assert len(a.account("acme").live_grants) == 1
+
+
+def test_batch_reused_request_id_fails_that_item_only(env):
+    a, _ = env
+
+    results = a.authorize_batch([
+        ask("reports.export", request_id="b-1"),
+        ask("reports.export", request_id="b-1", context={"x": "y"}),
+        ask("api.call"),
+    ])
+
+    assert results[0].allowed and results[2].allowed
+    assert isinstance(results[1], InvalidInput)
+    assert results[1].field == "request_id"
