@@ -150,22 +150,34 @@ def parse_batch(data: bytes) -> list:
     """Check and convert a serialized ``AuthorizeBatchRequest``.
 
     Returns one entry per item: an ``AuthorizeInput``, or the
-    ``InvalidInput`` that item alone earns (an item over the size of a
-    single request).  A batch that is too large or not a valid message as a
-    whole raises ``InvalidInput``.
+    ``InvalidInput`` that item alone earns (invalid UTF-8, over the size of
+    a single request), its field path prefixed with ``requests[i]``.  A
+    batch that is too large, has too many items or is not a well-formed
+    message as a whole raises ``InvalidInput``.
     """
-    msg = _parse(pb.AuthorizeBatchRequest, data, MAX_BATCH_BYTES)
-    if len(msg.requests) > MAX_BATCH_ITEMS:
+    if len(data) > MAX_BATCH_BYTES:
+        raise InvalidInput("request", "larger than %d bytes"
+                           % MAX_BATCH_BYTES)
+    try:
+        raw_items = [bytes(payload) for number, wire_type, payload
+                     in _fields(memoryview(data))
+                     if number == 1 and wire_type == _LEN]
+    except (_Malformed, IndexError):
+        raise InvalidInput("request", "not a valid AuthorizeBatchRequest "
+                           "message") from None
+    if len(raw_items) > MAX_BATCH_ITEMS:
         raise InvalidInput("requests", "more than %d items"
                            % MAX_BATCH_ITEMS)
 
     items = []
-    for index, item in enumerate(msg.requests):
-        if item.ByteSize() > MAX_REQUEST_BYTES:
-            items.append(InvalidInput("requests[%d]" % index, "larger than "
-                                      "%d bytes" % MAX_REQUEST_BYTES))
-        else:
-            items.append(to_input(item))
+    for index, raw in enumerate(raw_items):
+        try:
+            items.append(to_input(_parse(pb.AuthorizeRequest, raw)))
+        except InvalidInput as exc:
+            where = "requests[%d]" % index
+            field = where if exc.field == "request" else "%s.%s" % (
+                where, exc.field)
+            items.append(InvalidInput(field, str(exc).split(": ", 1)[1]))
     return items
 
 

@@ -87,12 +87,30 @@ def test_too_many_items_is_refused_whole(client):
     assert caught.value.details().startswith("requests:")
 
 
-def test_invalid_utf8_in_an_item_names_its_path(client):
+def test_invalid_utf8_fails_its_item_alone(client):
     raw = bytearray(pb.AuthorizeBatchRequest(requests=[
         export_request("globex"), export_request("acme")],
     ).SerializeToString())
     at = raw.rindex(b"alice")
     raw[at:at + 2] = b"\xff\xfe"
+
+    channel = grpc.insecure_channel(client.target)
+    try:
+        results = channel.unary_unary(
+            "/jitauth.v1.Authorizer/AuthorizeBatch",
+            request_serializer=None,
+            response_deserializer=pb.AuthorizeBatchResponse.FromString,
+        )(bytes(raw), timeout=5).results
+    finally:
+        channel.close()
+
+    assert results[0].response.reason == pb.REASON_NOT_ENTITLED
+    assert results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert results[1].error.message == \
+        "requests[1].subject.id: not valid UTF-8"
+
+
+def test_a_broken_batch_frame_is_refused_whole(client):
     channel = grpc.insecure_channel(client.target)
     try:
         with pytest.raises(grpc.RpcError) as caught:
@@ -100,10 +118,20 @@ def test_invalid_utf8_in_an_item_names_its_path(client):
                 "/jitauth.v1.Authorizer/AuthorizeBatch",
                 request_serializer=None,
                 response_deserializer=pb.AuthorizeBatchResponse.FromString,
-            )(bytes(raw), timeout=5)
+            )(b"\x0a\xff\xff\x03abc", timeout=5)
     finally:
         channel.close()
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert caught.value.details().startswith(
-        "requests[1].subject.id: not valid UTF-8")
+    assert caught.value.details().startswith("request: not a valid")
+
+
+def test_units_beyond_the_maximum_are_refused_not_truncated(client):
+    request = export_request("acme", action="reports.view",
+                             units=2**33 + 1)
+
+    with pytest.raises(grpc.RpcError) as caught:
+        client.Authorize(request, timeout=5)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.details().startswith("units:")
