@@ -69,6 +69,7 @@ class _Pending:
     refusal: object = None  # jitauth.grants.Refusal
     replayed: bool = False
     error: InvalidInput | None = None
+    figures: list = ()      # with explain: the limit and quota figures
 
 
 @dataclass(slots=True)
@@ -150,6 +151,22 @@ def _stored_answer(store, txn, q: AuthorizeInput, now_ms: int):
         rule_id=stored["rule_id"], grant_id=stored["grant_id"],
         expires_at_ms=grant.expires_at_ms, units=stored["units"],
         replayed=True)
+
+
+def _duration(ms: int) -> str:
+    """A span of time for people: 450 ms, 42 s, 39 min 19 s, 3 h 5 min."""
+    if ms < 1000:
+        return "%d ms" % ms
+    seconds = ms // 1000
+    if seconds < 120:
+        return "%d s" % seconds
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 120:
+        return "%d min %d s" % (minutes, seconds)
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return "%d h %d min" % (hours, minutes)
+    return "%d d %d h" % divmod(hours, 24)
 
 
 def _copy(source: AuthorizeResult, target: AuthorizeResult) -> None:
@@ -499,6 +516,7 @@ class Authorizer:
             result = p.decision.result
             if p.replayed or p.error:
                 continue
+            result.explanation = p.figures
             if p.refusal is None:
                 result.allowed = True
                 if not p.q.dry_run:
@@ -530,14 +548,44 @@ class Authorizer:
         if q.dry_run:
             p.refusal = grants.check(self.store, txn, grant,
                                      p.decision.limit_max, quota_max)
+        else:
+            p.refusal = grants.issue(self.store, txn, grant,
+                                     p.decision.limit_max, quota_max)
+        if q.explain:
+            p.figures = self._figures(txn, p, quota_max, now_ms)
+        if q.dry_run or p.refusal is not None:
             return
-        p.refusal = grants.issue(self.store, txn, grant,
-                                 p.decision.limit_max, quota_max)
-        if p.refusal is None and self.audit is not None:
+
+        if self.audit is not None:
             self.audit.granted(txn, q, result, grant)
-        if p.refusal is None and q.request_id:
+        if q.request_id:
             _fill_granted(result, grant)
             txn.put(self.store.requests, key, _answer_record(q, result))
+
+    def _figures(self, txn, p: "_Pending", quota_max: int,
+                 now_ms: int) -> list:
+        """The limit and quota figures an explanation shows."""
+        grant, lines = p.grant, []
+        taken = p.refusal is None and not p.q.dry_run
+        if grant.limit:
+            live = len(grants.live_seats(self.store, txn,
+                                         grants.seat_prefix(grant), now_ms))
+            lines.append("limit %s (per %s): %d of %d slots held by live "
+                         "grants%s" % (grant.limit,
+                                       grants.SCOPES[grant.scope], live,
+                                       p.decision.limit_max,
+                                       ", this one included" if taken
+                                       else ""))
+        if grant.quota:
+            consumed, reserved = grants.read_usage(
+                self.store, txn, grants.usage_key(
+                    grant.account_id, grant.quota, grant.period_start_ms))
+            lines.append("quota %s: %d consumed + %d reserved of %d units "
+                         "this period; this request %s %d"
+                         % (grant.quota, consumed, reserved, quota_max,
+                            "reserved" if taken else "asks for",
+                            grant.units))
+        return lines
 
     def _quota_max(self, txn, grant: grants.Grant, policy: dict) -> int:
         """The account's quota: its license's own figure, else its plan's."""
@@ -564,17 +612,19 @@ class Authorizer:
             q.subject_attributes, q.action, q.resource_type, q.resource_id,
             q.resource_attributes, q.context, now_ms,
             tz_offsets(current.policy["timezones"], now_ms))
-        if result.reason == Reason.CONCURRENCY_LIMIT_REACHED:
-            steps.append("limit: all %d slots are held by live grants"
-                         % limit_max)
-        elif result.reason == Reason.QUOTA_EXHAUSTED:
-            steps.append("quota: no units left this period (retry in %d ms)"
-                         % result.retry_after_ms)
-        elif result.allowed and result.grant_id:
-            steps.append("grant %s until %d ms (%d quota units)"
-                         % (result.grant_id, result.expires_at_ms,
-                            result.units))
-        return steps
+        if steps[-1].startswith("decision: "):
+            # The rules' verdict; seats and quotas may still turn it.
+            steps[-1] = "rules: " + steps[-1][len("decision: "):]
+        steps.extend(result.explanation)
+        verdict = "decision: %s" % result.reason.name.lower()
+        if result.retry_after_ms:
+            verdict += ", retry in %s" % _duration(result.retry_after_ms)
+        if result.grant_id:
+            verdict += ", grant %s for %s" % (
+                result.grant_id, _duration(result.expires_at_ms - now_ms))
+        if result.dry_run and result.allowed:
+            verdict += " (dry run: nothing issued)"
+        return steps + [verdict]
 
     def complete(self, grant_id: str, outcome: Outcome,
                  units: int | None = None) -> CompleteResult:

@@ -398,11 +398,7 @@ class ReferenceMatcher:
                 break
 
         rule = self._rules[index] if index >= 0 else None
-        verdict = _verdict(reason, rule.id if rule else None)
-        if reason == Reason.ALLOWED_BY_RULE and limit_max >= 0:
-            verdict += "; limit %s admits %d live grants" % (rule.limit,
-                                                             limit_max)
-        return steps + [verdict]
+        return steps + [_verdict(reason, rule.id if rule else None)]
 
     def _explain_rule(self, rule: _Rule, record: LicenseRecord,
                       request: _Request) -> str:

@@ -318,8 +318,32 @@ def test_explain_names_the_failing_step(env):
 
     assert any("rule edit (allow): applies" in s
                for s in limited.explanation)
-    assert "all 1 slots" in limited.explanation[-1]
-    assert nothing.explanation[-1] == "decision: no_matching_rule"
+    assert limited.explanation[-3:] == [
+        "rules: allowed_by_rule (rule edit)",
+        "limit editors (per subject): 1 of 1 slots held by live grants",
+        "decision: concurrency_limit_reached, retry in 10 s"]
+    assert nothing.explanation[-2:] == ["rules: no_matching_rule",
+                                        "decision: no_matching_rule"]
+
+
+def test_explain_shows_quota_figures(env):
+    a, _ = env
+    a.authorize(ask("reports.export"))
+
+    allowed = a.authorize(ask("reports.export", explain=True))
+    a.complete(allowed.grant_id, Outcome.SUCCESS)
+    refused = a.authorize(ask("reports.export", explain=True, units=2))
+
+    assert allowed.explanation[-2] == (
+        "quota exports.monthly: 0 consumed + 4 reserved of 5 units this "
+        "period; this request reserved 2")
+    assert allowed.explanation[-1].startswith(
+        "decision: allowed_by_rule, grant %s for 10 s" % allowed.grant_id)
+    assert refused.explanation[-2] == (
+        "quota exports.monthly: 2 consumed + 2 reserved of 5 units this "
+        "period; this request asks for 2")
+    assert refused.explanation[-1].startswith("decision: quota_exhausted, "
+                                              "retry in ")
 
 
 def test_account_view(env):
