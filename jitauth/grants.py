@@ -366,11 +366,14 @@ def renew(store, grant_id: str, account_id: str, extend_by_ms: int,
 
         expires = now_ms + extend_by_ms
         if expires > grant.max_expires_at_ms:
+            latest = datetime.fromtimestamp(grant.max_expires_at_ms / 1000,
+                                            timezone.utc)
             raise InvalidInput(
-                "extend_by", "the grant may live until %d ms at the latest "
-                "(rule %s); at most %d ms more"
-                % (grant.max_expires_at_ms, grant.rule_id,
-                   max(0, grant.max_expires_at_ms - now_ms)))
+                "extend_by", "rule %s lets this grant live until %s at the "
+                "latest: extend by %.3f s at most"
+                % (grant.rule_id, latest.isoformat(timespec="seconds")
+                   .replace("+00:00", "Z"),
+                   max(0, grant.max_expires_at_ms - now_ms) / 1000))
         if expires <= grant.expires_at_ms:
             if store.recorder is not None:
                 store.recorder.grant_touched(txn, grant, "renew",
