@@ -5,8 +5,8 @@ Exit codes:
 
 - ``apply``, ``rollback``, ``licenses apply``: 0 done (prints the new
   revision, or the counts of the delta); 2 invalid input, no data in the
-  directory, or a revision that is not stored (nothing was written); 1 any
-  other failure.
+  directory, or a revision that is not stored or that no matcher can be
+  built from (nothing was written); 1 any other failure.
 - ``revisions``: 0 listed; 2 no data in the directory.
 - ``test``: 0 every case passed; 1 a case failed; 2 a suite or its policy
   is invalid.
@@ -103,11 +103,12 @@ def _apply(args) -> int:
 
 
 def _rollback(args) -> int:
+    from jitauth.policy import SourceError
     from jitauth.revisions import RevisionError, rollback
 
     try:
         revision = rollback(args.data, args.to, keep=args.keep)
-    except RevisionError as exc:
+    except (SourceError, RevisionError) as exc:
         print("error: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:

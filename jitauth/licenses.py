@@ -10,9 +10,11 @@ The binary record is the one the matchers read in place from the memory map;
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date
+from decimal import Decimal
 
 from jitauth.model import LicenseStatus
 
@@ -24,6 +26,12 @@ NO_UPPER_BOUND = 2**63 - 1
 # ones (and more than 65,535 entries of a kind) rather than truncating.
 MAX_STRING_BYTES = 0xFFFF
 MAX_ENTRIES = 0xFFFF
+# The longest number the matchers' numeric comparisons read (gt, gte, lt,
+# lte); a longer attribute would never compare, so it is refused.
+MAX_NUMBER_CHARS = 32
+# JSON integers longer than this are no field's value; they are kept as
+# text so that the field, not the parser, reports them.
+_MAX_INT_DIGITS = 64
 
 _HEADER = struct.Struct("<BBHHHqq")
 _U16 = struct.Struct("<H")
@@ -143,38 +151,170 @@ _FIELDS = ("account", "plan", "status", "valid_from", "valid_until",
 _STATUSES = {s.name.lower(): s for s in LicenseStatus}
 
 
+# RFC 3339 date-time: a full date, T, a full time with seconds, a zone.
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))", re.ASCII)
+_RFC3339_NO_ZONE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?", re.ASCII)
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+
 def _timestamp_ms(value) -> int | None:
-    """An RFC 3339 timestamp with a zone, as ms since the epoch."""
+    """An RFC 3339 timestamp as ms since the epoch, rounded down."""
     if value is None:
         return None
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp or null")
+    match = _RFC3339.fullmatch(value)
+    if not match:
+        if _RFC3339_NO_ZONE.fullmatch(value):
+            raise ValueError("%r has no time zone (add Z or +00:00)"
+                             % value)
+        raise ValueError("%r is not an RFC 3339 timestamp (write "
+                         "YYYY-MM-DDTHH:MM:SS, an optional .fraction, then "
+                         "Z or +HH:MM)" % _cut(value))
+    (year, month, day, hour, minute, second, fraction, utc, sign,
+     zone_hours, zone_minutes) = match.groups()
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        days = date(int(year), int(month), int(day)).toordinal()
     except ValueError:
-        raise ValueError("%r is not an RFC 3339 timestamp" % value) from None
-    if moment.tzinfo is None:
-        raise ValueError("%r has no time zone (add Z or +00:00)" % value)
-    return int(moment.timestamp() * 1000)
+        raise ValueError("%r is not a calendar date" % value) from None
+    if second == "60":
+        raise ValueError("%r: leap seconds (:60) are not supported"
+                         % value)
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 59:
+        raise ValueError("%r is not a time of day" % value)
+    offset = 0
+    if not utc:
+        if int(zone_hours) > 23 or int(zone_minutes) > 59:
+            raise ValueError("%r has no valid zone offset" % value)
+        offset = int(zone_hours) * 60 + int(zone_minutes)
+        offset = -offset if sign == "-" else offset
+
+    # Whole minutes and seconds first, then the fraction's milliseconds
+    # (rounded down, as the fraction is never negative): exact, no float.
+    minutes = ((days - _EPOCH_DAY) * 24 + int(hour)) * 60 + int(minute)
+    seconds = (minutes - offset) * 60 + int(second)
+    return seconds * 1000 + int((fraction or "").ljust(3, "0")[:3])
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _LongInteger:
+    """A JSON integer too long to be any field's value, kept as text."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: str):
+        self.digits = digits
+
+
+def _parse_int(text: str):
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        return _LongInteger(text)
+    return int(text)
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys it was given twice."""
+
+    duplicates: tuple = ()
+
+
+def _object(pairs: list) -> _Object:
+    out = _Object(pairs)
+    if len(out) != len(pairs):
+        keys = [key for key, _ in pairs]
+        out.duplicates = tuple(
+            key for index, key in enumerate(keys) if key in keys[:index])
+    return out
+
+
+def decode_line(text):
+    """One line of a license file (``str`` or UTF-8 ``bytes``) as JSON.
+
+    Objects given a key twice are marked so that ``_license`` refuses
+    them.  Raises ``_LineError`` (field ``file`` or ``json``).
+    """
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _LineError("file", "not UTF-8: %s" % exc.reason) \
+                from None
+    try:
+        return json.loads(text, object_pairs_hook=_object,
+                          parse_int=_parse_int)
+    except json.JSONDecodeError as exc:
+        raise _LineError("json", exc.msg) from None
+    except RecursionError:
+        raise _LineError("json", "nested too deeply") from None
+    except ValueError as exc:
+        raise _LineError("json", str(exc)) from None
+
+
+def _number_text(value) -> str:
+    """A JSON number as the plain decimal the numeric comparisons read."""
+    if isinstance(value, _LongInteger):
+        text = value.digits
+    elif isinstance(value, int):
+        text = str(value)
+    else:
+        if not math.isfinite(value):
+            raise ValueError("%r is not a finite number" % value)
+        # Plain digits, never an exponent (1e-07 is 0.0000001); a whole
+        # number is written as an int is (3.0 is 3, -0.0 is 0).
+        text = format(Decimal(repr(value)), "f")
+        if text.endswith(".0"):
+            text = text[:-2]
+        if text == "-0":
+            text = "0"
+    if len(text) > MAX_NUMBER_CHARS:
+        raise ValueError(
+            "%s is %d characters as a plain decimal; numeric comparisons "
+            "read at most %d, so it would never compare (write it as a "
+            "string if it is not a quantity)"
+            % (_cut(text), len(text), MAX_NUMBER_CHARS))
+    return text
 
 
 def _attribute(value) -> str:
     """Attributes are stored as the strings conditions compare with."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
+    if isinstance(value, (int, float, _LongInteger)):
+        return _number_text(value)
     if isinstance(value, str):
         return value
     raise ValueError("must be a string, number or boolean")
+
+
+def _text(field: str, text: str, limit: int = MAX_STRING_BYTES) -> None:
+    """Refuse a string a record cannot hold: not UTF-8, or too long."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise _LineError(field, "holds a lone surrogate (\\ud800 to "
+                         "\\udfff), which is not text") from None
+    if size > limit:
+        raise _LineError(field, "longer than %d bytes" % limit)
+
+
+def _unique_fields(obj, prefix: str = "") -> None:
+    """Refuse an object that gave one of its keys twice."""
+    for key in getattr(obj, "duplicates", ()):
+        raise _LineError(prefix + key, "given twice in one object (the "
+                         "last would silently win)")
 
 
 def _license(obj, plans) -> License:
     """Validate one decoded JSON line; raise (field, message) on error."""
     if not isinstance(obj, dict):
         raise _LineError("", "each line must be a JSON object")
+    _unique_fields(obj)
     for key in obj:
         if key not in _FIELDS:
             raise _LineError(key, "unknown field (expected one of: %s)"
@@ -182,14 +322,13 @@ def _license(obj, plans) -> License:
     for key in ("account", "plan"):
         if not isinstance(obj.get(key), str) or not obj[key]:
             raise _LineError(key, "must be a non-empty string")
-        if len(obj[key].encode()) > 256:
-            raise _LineError(key, "longer than 256 bytes")
+        _text(key, obj[key], 256)
     if plans is not None and obj["plan"] not in plans:
         raise _LineError("plan", "plan %r is not defined in the policy"
                          % obj["plan"])
 
     status = obj.get("status", "active")
-    if status not in _STATUSES:
+    if not isinstance(status, str) or status not in _STATUSES:
         raise _LineError("status", "must be one of: %s"
                          % ", ".join(_STATUSES))
 
@@ -207,11 +346,15 @@ def _license(obj, plans) -> License:
     if not isinstance(entitlements, list) or not all(
             isinstance(e, str) and e for e in entitlements):
         raise _LineError("entitlements", "must be a list of names")
+    for name in entitlements:
+        _text("entitlements", name)
 
     limits = obj.get("limits", {})
     if not isinstance(limits, dict):
         raise _LineError("limits", "must map limit names to numbers")
+    _unique_fields(limits, "limits.")
     for name, value in limits.items():
+        _text("limits.%s" % name, name)
         if (not isinstance(value, int) or isinstance(value, bool)
                 or not 0 <= value < 2**63):
             raise _LineError("limits.%s" % name, "must be a whole number "
@@ -220,12 +363,19 @@ def _license(obj, plans) -> License:
     attributes = obj.get("attributes", {})
     if not isinstance(attributes, dict):
         raise _LineError("attributes", "must be an object")
+    _unique_fields(attributes, "attributes.")
     converted = {}
     for key, value in attributes.items():
+        _text("attributes.%s" % key, key)
         try:
             converted[key] = _attribute(value)
         except ValueError as exc:
             raise _LineError("attributes.%s" % key, str(exc)) from None
+        _text("attributes.%s" % key, converted[key])
+    for name, items in (("entitlements", entitlements), ("limits", limits),
+                        ("attributes", attributes)):
+        if len(items) > MAX_ENTRIES:
+            raise _LineError(name, "more than %d entries" % MAX_ENTRIES)
 
     return License(
         account_id=obj["account"],
@@ -266,11 +416,8 @@ def read_licenses(path: str, plans=None):
                 if not text.strip() or text.lstrip().startswith("#"):
                     continue
                 try:
-                    lic = _license(json.loads(text), plans)
+                    lic = _license(decode_line(text), plans)
                     encode_license(lic)
-                except json.JSONDecodeError as exc:
-                    raise SourceError(path, number, "json", exc.msg) \
-                        from None
                 except _LineError as exc:
                     raise SourceError(path, number, exc.field or "line",
                                       str(exc)) from None

@@ -12,13 +12,19 @@ fills its pages in key order and the writer lock (which grant issuing
 needs too) is held only for the writing, not the parsing.
 """
 
-import json
 import logging
 import os
 import sys
 import time
 
-from jitauth.licenses import _license, _LineError, encode_license
+from jitauth.licenses import (
+    _license,
+    _LineError,
+    _text,
+    _unique_fields,
+    decode_line,
+    encode_license,
+)
 from jitauth.policy import SourceError, compile_policy
 from jitauth.revisions import (
     DEFAULT_KEEP,
@@ -92,16 +98,16 @@ def _lines(path: str):
 
 def _decode(path: str, number: int, raw: bytes):
     try:
-        return json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SourceError(path, number, "file", "not UTF-8: %s"
-                          % exc.reason) from None
-    except json.JSONDecodeError as exc:
-        raise SourceError(path, number, "json", exc.msg) from None
+        return decode_line(raw)
+    except _LineError as exc:
+        raise SourceError(path, number, exc.field, str(exc)) from None
 
 
 def _record(path: str, number: int, obj, plans) -> tuple:
-    """Validate one license object; return (account, binary record)."""
+    """Validate one license object; return (account, binary record).
+
+    The one validation of a license line, for ``load`` and deltas alike.
+    """
     try:
         lic = _license(obj, plans)
         return lic.account_id, encode_license(lic)
@@ -245,6 +251,10 @@ def read_delta(path: str, plans) -> tuple:
 
 
 def _removal(path: str, number: int, obj: dict) -> str:
+    try:
+        _unique_fields(obj)
+    except _LineError as exc:
+        raise SourceError(path, number, exc.field, str(exc)) from None
     for key in obj:
         if key not in _DELTA_FIELDS:
             raise SourceError(path, number, key,
@@ -255,8 +265,10 @@ def _removal(path: str, number: int, obj: dict) -> str:
     if not isinstance(account, str) or not account:
         raise SourceError(path, number, "account",
                           "must be a non-empty string")
-    if len(account.encode()) > 256:
-        raise SourceError(path, number, "account", "longer than 256 bytes")
+    try:
+        _text("account", account, 256)
+    except _LineError as exc:
+        raise SourceError(path, number, exc.field, str(exc)) from None
     return account
 
 

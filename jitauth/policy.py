@@ -8,7 +8,10 @@ language with examples.
 """
 
 import ipaddress
+import json
+import math
 import re
+import socket
 import zoneinfo
 from dataclasses import dataclass
 
@@ -63,7 +66,66 @@ class _Seq(list):
 
 
 class _Loader(yaml.SafeLoader):
-    """Safe YAML that keeps line numbers and refuses duplicate keys."""
+    """Safe YAML that keeps line numbers and refuses duplicate keys.
+
+    Plain scalars are typed as YAML 1.2 types them, not as YAML 1.1 does:
+    ``NO``, ``on``, ``010``, ``12:30`` and ``0x1F`` stay the strings they
+    are written as, rather than becoming false, true, 8, 750 and 31.  Only
+    ``true`` and ``false`` are booleans, only decimal numbers without a
+    leading zero are numbers, and ``null``, ``~`` or nothing is null.
+    """
+
+
+# YAML 1.2 core schema booleans and nulls; numbers as JSON writes them,
+# so that a leading zero, a sign or a base prefix leaves a string.
+_YAML_NULL = re.compile(r"null|Null|NULL|~|")
+_YAML_BOOL = re.compile(r"true|True|TRUE|false|False|FALSE")
+_YAML_INT = re.compile(r"-?(0|[1-9][0-9]*)")
+_YAML_FLOAT = re.compile(
+    r"-?(0|[1-9][0-9]*)(\.[0-9]+([eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)")
+# Python converts at most 4300 digits to an int by default.
+_MAX_INT_DIGITS = 4300
+
+_Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in (
+        ("null", _YAML_NULL, ["n", "N", "~", ""]),
+        ("bool", _YAML_BOOL, ["t", "T", "f", "F"]),
+        ("int", _YAML_INT, list("-0123456789")),
+        ("float", _YAML_FLOAT, list("-0123456789"))):
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:" + _tag,
+        re.compile("(?:%s)\\Z" % _pattern.pattern), _first)
+
+
+def _scalar_error(node, problem: str) -> yaml.MarkedYAMLError:
+    return yaml.constructor.ConstructorError(
+        problem=problem, problem_mark=node.start_mark)
+
+
+def _construct_bool(loader, node):
+    value = loader.construct_scalar(node)
+    if not _YAML_BOOL.fullmatch(value):
+        raise _scalar_error(node, "%r is not a boolean (true or false)"
+                            % value)
+    return value.lower() == "true"
+
+
+def _construct_int(loader, node):
+    value = loader.construct_scalar(node)
+    if not _YAML_INT.fullmatch(value):
+        raise _scalar_error(node, "%r is not a decimal integer" % value)
+    if len(value.lstrip("-")) > _MAX_INT_DIGITS:
+        raise _scalar_error(node, "an integer of more than %d digits is "
+                            "out of range (quote it if it is a string)"
+                            % _MAX_INT_DIGITS)
+    return int(value)
+
+
+def _construct_float(loader, node):
+    value = loader.construct_scalar(node)
+    if not (_YAML_FLOAT.fullmatch(value) or _YAML_INT.fullmatch(value)):
+        raise _scalar_error(node, "%r is not a decimal number" % value)
+    return float(value)
 
 
 def _construct_map(loader, node):
@@ -96,6 +158,9 @@ _Loader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
 _Loader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+_Loader.add_constructor("tag:yaml.org,2002:bool", _construct_bool)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
 @dataclass(slots=True)
@@ -215,6 +280,7 @@ class _Compiler:
         self.path = path
         self.timezones: list = []
         self.periods: dict = {}
+        self.rule_lines: list = []
 
     def compile(self, document) -> dict:
         top = _Where(self.path, "", getattr(document, "line", 1))
@@ -225,8 +291,12 @@ class _Compiler:
         if document.get("quotas") is not None:
             periods = self.quotas(top.key(document, "quotas"),
                                   document["quotas"])
-        plans = self.plans(top.key(document, "plans"),
-                           document.get("plans"), periods)
+        if "plans" not in document:
+            raise top.key(document, "plans").error(
+                "is required: it maps plan names to their entitlements "
+                "and limits")
+        plans = self.plans(top.key(document, "plans"), document["plans"],
+                           periods)
         known = {e for plan in plans.values() for e in plan["entitlements"]}
         if "entitlements" in document:
             where = top.key(document, "entitlements")
@@ -235,7 +305,10 @@ class _Compiler:
         self.periods = periods
 
         where = top.key(document, "rules")
-        rules = document.get("rules")
+        if "rules" not in document:
+            raise where.error("is required: the list of rules that decide "
+                              "requests")
+        rules = document["rules"]
         if not isinstance(rules, _Seq) or not rules:
             raise where.error("must be a non-empty list of rules")
         seen = {}
@@ -243,6 +316,7 @@ class _Compiler:
         for index, rule in enumerate(rules):
             item = where.item(rules, index)
             compiled.append(self.rule(item, rule, known, limits))
+            self.rule_lines.append(item.line)
             rule_id = compiled[-1]["id"]
             if rule_id in seen:
                 raise item.key(rule, "id").error(
@@ -469,10 +543,22 @@ class _Compiler:
         elif op == "cidr":
             value = _strings(vw, value, self.network)
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise vw.error("must be a number")
-            value = float(value)
+            value = self.number(vw, value)
         return {"attr": attr, "op": op, "value": value}
+
+    def number(self, where: _Where, value) -> float:
+        """A literal of gt, gte, lt or lte: compared as a double."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise where.error("must be a number, written in decimal (such "
+                              "as 3, -2.5 or 1e3)")
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise where.error("is out of range: a number must convert to a "
+                              "finite double (|x| < 1.8e308)")
+        return number
 
     def scalar(self, where: _Where, value) -> str:
         """A literal compared with an attribute, which is always a string."""
@@ -483,8 +569,20 @@ class _Compiler:
         raise where.error("must be a string or a whole number")
 
     def network(self, where: _Where, value) -> str:
+        """A network as the matchers read it: inet_pton address, prefix."""
+        text = _string(where, value)
+        address = text.partition("/")[0]
+        if "%" in address:
+            raise where.error("%r: a scope id (%%...) is not allowed in a "
+                              "network" % text)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
         try:
-            return str(ipaddress.ip_network(_string(where, value)))
+            socket.inet_pton(family, address)
+        except (OSError, ValueError):
+            raise where.error("%r: %r is not an IPv4 or IPv6 address"
+                              % (text, address)) from None
+        try:
+            return str(ipaddress.ip_network(text))
         except ValueError as exc:
             raise where.error(str(exc)) from None
 
@@ -516,10 +614,49 @@ class _Compiler:
                 "tz": self.timezones.index(tz)}
 
 
+def check_matchers(policy: dict, path: str, rule_lines=()) -> None:
+    """Build both matchers from a compiled policy, as every worker will.
+
+    A policy the compiler accepts but a matcher cannot be built from
+    would answer every request with an error; this refuses it instead.
+    Raises ``SourceError`` naming the first rule that cannot be built (and
+    its line in ``rule_lines``), or the field ``rules`` at line 0.
+    """
+    from jitauth._core import Matcher
+    from jitauth.reference import ReferenceMatcher
+
+    # The stored form is JSON: check exactly what a worker will read.
+    policy = json.loads(json.dumps(policy, sort_keys=True))
+    failure = _matcher_failure(policy, Matcher, ReferenceMatcher)
+    if failure is None:
+        return
+
+    for index, rule in enumerate(policy.get("rules", ())):
+        alone = _matcher_failure(dict(policy, rules=[rule]), Matcher,
+                                 ReferenceMatcher)
+        if alone is not None:
+            line = rule_lines[index] if index < len(rule_lines) else 0
+            raise SourceError(path, line, "rules[%d]" % index,
+                              "no matcher can be built from this rule: %s"
+                              % alone)
+    raise SourceError(path, 0, "rules", "no matcher can be built from "
+                      "this policy: %s" % failure)
+
+
+def _matcher_failure(policy: dict, *matchers) -> str | None:
+    for matcher in matchers:
+        try:
+            matcher(policy, 0)
+        except Exception as exc:  # noqa: BLE001 - any failure refuses it
+            return "%s: %s" % (type(exc).__name__, exc)
+    return None
+
+
 def compile_policy(path: str, text: str | None = None) -> dict:
     """Validate the policy file at ``path`` and return its compiled form.
 
-    Raises ``SourceError`` (file, line, field) for any problem.
+    Raises ``SourceError`` (file, line, field) for any problem, including
+    a policy that neither matcher could be built from.
     """
     if text is None:
         try:
@@ -537,7 +674,13 @@ def compile_policy(path: str, text: str | None = None) -> dict:
             from None
     except yaml.YAMLError as exc:
         raise SourceError(path, 0, "yaml", str(exc)) from None
+    except RecursionError:
+        raise SourceError(path, 0, "yaml", "nested too deeply") from None
 
     if document is None:
         raise SourceError(path, 1, "file", "the policy is empty")
-    return _Compiler(path).compile(document)
+    compiler = _Compiler(path)
+    policy = compiler.compile(document)
+
+    check_matchers(policy, path, compiler.rule_lines)
+    return policy

@@ -19,7 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from jitauth.policy import compile_policy
+from jitauth.policy import check_matchers, compile_policy
 from jitauth.store import REVISION_KEY, Store, revision_key
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,9 @@ def rollback(data_dir: str, to: int, *, keep: int = DEFAULT_KEEP) -> int:
     """Install a copy of revision ``to`` as a new revision; return it.
 
     Raises ``RevisionError`` when ``to`` is not stored (pruned or never
-    made); then nothing changes.
+    made), and ``jitauth.policy.SourceError`` when no matcher can be built
+    from it (a revision stored before the compiler refused such policies);
+    then nothing changes.
     """
     store = open_store(data_dir)
     try:
@@ -160,6 +162,8 @@ def rollback(data_dir: str, to: int, *, keep: int = DEFAULT_KEEP) -> int:
             if policy is None:
                 raise RevisionError(_missing(store, txn, to))
             old = store.revision_info(txn, to)
+            check_matchers(json.loads(policy),
+                           old.get("policy_file") or "revision %d" % to)
             revision = install(store, txn, policy, {
                 "origin": "rollback",
                 "rolled_back_from": to,

@@ -249,3 +249,89 @@ def test_bulk_load_names_both_places_of_a_duplicate_account(tmp_path):
     assert "two.jsonl:2: account: account 'a3' is already licensed at " \
         "%s:4" % first in done.stderr
     assert not os.path.exists(os.path.join(data, "data.mdb"))
+
+
+def test_a_delta_validates_every_line_as_load_does(loaded):
+    """Odd values a load refuses are refused, each named, by a delta."""
+    data, tmp = loaded
+    before = _snapshot(data)
+    lines = [
+        '{"account": "a", "plan": "pro", "status": ["active"]}',
+        '{"account": "b", "plan": "pro", "status": {}}',
+        '{"account": "c", "plan": "pro", "status": "revoked",'
+        ' "status": "active"}',
+        '{"account": "acme", "remove": true, "remove": true}',
+        '{"account": "d", "plan": "pro", "limits": {"x": %s}}' % ("9" * 5000),
+        '{"account": "e", "plan": "pro", "attributes": {"n": %s}}'
+        % ("1" * 5000),
+        '{"account": "f", "plan": "pro", "attributes": {"n": 1e300}}',
+        '{"account": "g", "plan": "pro", "valid_from": "20260101T000000Z"}',
+        '{"account": "h", "plan": "pro",'
+        ' "valid_until": "2026-01-01 00:00:00Z"}',
+        '{"account": "\\ud800", "remove": true}',
+        "[" * 100_000,
+    ]
+    expected = [
+        "delta.jsonl:1: status: must be one of",
+        "delta.jsonl:2: status: must be one of",
+        "delta.jsonl:3: status: given twice",
+        "delta.jsonl:4: remove: given twice",
+        "delta.jsonl:5: limits.x: must be a whole number",
+        "delta.jsonl:6: attributes.n: 1111",
+        "delta.jsonl:7: attributes.n: 1000",
+        "delta.jsonl:8: valid_from: '20260101T000000Z' is not an RFC 3339",
+        "delta.jsonl:9: valid_until: '2026-01-01 00:00:00Z' is not an RFC",
+        "delta.jsonl:10: account: holds a lone surrogate",
+        "delta.jsonl:11: json: nested too deeply",
+    ]
+
+    done = run_cli("licenses", "apply", "--data", data,
+                   _delta(tmp / "delta.jsonl", *lines))
+
+    assert done.returncode == 2, done.stderr
+    reported = done.stderr.splitlines()
+    assert len(reported) == len(expected), done.stderr
+    for line, error in zip(reported, expected, strict=True):
+        assert line.startswith("error: ") and error in line, done.stderr
+    assert "numeric comparisons read at most 32" in reported[5]
+    assert _snapshot(data) == before
+
+
+def test_a_delta_stores_float_attributes_as_plain_decimals(loaded):
+    data, tmp = loaded
+    delta = _delta(tmp / "delta.jsonl",
+                   {"account": "umbrella", "plan": "pro",
+                    "valid_from": "1969-12-31T23:59:59.9995Z",
+                    "attributes": {"tiny": 1e-07, "big": 1e16,
+                                   "whole": 2.0}})
+
+    assert apply_delta(data, delta)["added"] == 1
+
+    umbrella = _snapshot(data)[1]["umbrella"]
+    assert umbrella.attributes == {"tiny": "0.0000001",
+                                   "big": "10000000000000000", "whole": "2"}
+    assert umbrella.valid_from_ms == -1
+
+
+@pytest.mark.parametrize("command", [("apply",), ("shadow", "apply")])
+def test_a_network_with_a_scope_id_is_refused_before_install(loaded,
+                                                             command):
+    data, tmp = loaded
+    policy = tmp / "scoped.yaml"
+    policy.write_text("plans: {pro: {}}\n"
+                      "rules:\n"
+                      "  - id: local\n"
+                      "    effect: allow\n"
+                      "    action: reports.view\n"
+                      "    when:\n"
+                      "      - attr: context.ip\n"
+                      "        cidr: [\"10.0.0.0/8\", \"fe80::%eth0/64\"]\n")
+    before = _snapshot(data)
+
+    done = run_cli(*command, "--data", data, "--policy", str(policy))
+
+    assert done.returncode == 2, done.stderr
+    assert "scoped.yaml:8: rules[0].when[0].cidr[1]: 'fe80::%eth0/64': " \
+        "a scope id" in done.stderr
+    assert _snapshot(data) == before
+    assert "shadow candidate" not in done.stdout

@@ -196,3 +196,145 @@ def test_unreadable_file_is_a_source_error(tmp_path):
         compile_policy(str(tmp_path / "missing.yaml"))
 
     assert info.value.field == "file"
+
+
+def compile_condition(condition: str) -> dict:
+    """Compile PLANS plus one allow rule with one condition (line 10)."""
+    return compile_with_plans("""\
+        rules:
+          - id: r
+            effect: allow
+            action: reports.view
+            when:
+              - {attr: context.x, %s}
+        """ % condition)["rules"][0]["when"][0]
+
+
+def condition_error(condition: str) -> SourceError:
+    with pytest.raises(SourceError) as info:
+        compile_condition(condition)
+    return info.value
+
+
+@pytest.mark.parametrize("network, words", [
+    ('"fe80::%eth0/64"', "scope id"),
+    ('"fe80::1%25/128"', "scope id"),
+    ('"1.2.3.04/32"', "not an IPv4 or IPv6 address"),
+    ('"10.0.0.0/33"', ""),
+])
+def test_cidr_refuses_what_the_matchers_cannot_parse(network, words):
+    error = condition_error("cidr: [%s]" % network)
+
+    assert (error.path, error.line) == ("policy.yaml", 10)
+    assert error.field == "rules[0].when[0].cidr[0]"
+    assert words in error.message
+
+
+def test_cidr_networks_compile_to_what_inet_pton_reads():
+    condition = compile_condition(
+        'cidr: ["10.0.0.0/255.0.0.0", "::ffff:1.2.3.4/128", "2001:db8::/32"]')
+
+    assert condition["value"] == ["10.0.0.0/8", "::ffff:102:304/128",
+                                  "2001:db8::/32"]
+
+
+def test_a_policy_no_matcher_can_build_is_refused(monkeypatch):
+    """The safety net: whatever the checks above miss, a policy both
+    matchers cannot be built from is an error naming the rule."""
+    import jitauth.reference
+
+    class Refusing(jitauth.reference.ReferenceMatcher):
+        def __init__(self, policy, revision):
+            if any(r["id"] == "broken" for r in policy["rules"]):
+                raise ValueError("cannot build")
+            super().__init__(policy, revision)
+
+    monkeypatch.setattr(jitauth.reference, "ReferenceMatcher", Refusing)
+
+    with pytest.raises(SourceError) as info:
+        compile_with_plans("""\
+            rules:
+              - {id: fine, effect: allow, action: reports.view}
+              - {id: broken, effect: allow, action: reports.view}
+            """)
+
+    assert (info.value.line, info.value.field) == (7, "rules[1]")
+    assert "no matcher can be built" in info.value.message
+    assert "cannot build" in info.value.message
+
+
+def test_literals_are_typed_as_yaml_1_2_types_them():
+    condition = compile_condition(
+        "in: [NO, KP, yes, on, off, y, 0x1F, 010, 0o7, 12:30, +5, .inf, "
+        "2026-01-01, true, False, TRUE, 0, -12, 42, ~x]")
+
+    assert condition["value"] == [
+        "NO", "KP", "yes", "on", "off", "y", "0x1F", "010", "0o7", "12:30",
+        "+5", ".inf", "2026-01-01", "true", "false", "true", "0", "-12",
+        "42", "~x"]
+    assert compile_condition("eq: 010")["value"] == "010"
+    assert compile_condition("eq: 12:30")["value"] == "12:30"
+    assert compile_condition("ne: 0x1F")["value"] == "0x1F"
+
+
+def test_plain_numbers_nulls_and_times_of_day_still_read_as_meant():
+    policy = compile_with_plans("""\
+        rules:
+          - id: r
+            effect: allow
+            action: reports.view
+            roles: ~
+            entitlement: null
+            when:
+              - {attr: subject.level, gte: -2.5}
+              - {attr: subject.level, lt: 1e3}
+              - {attr: subject.level, lte: 7}
+              - {time: {from: 12:30, to: 13:45, tz: UTC}}
+            grant: {ttl: 30}
+        """)
+
+    rule = policy["rules"][0]
+    assert [c.get("value") for c in rule["when"][:3]] == [-2.5, 1000.0, 7.0]
+    assert (rule["when"][3]["from"], rule["when"][3]["to"]) == (750, 825)
+    assert (rule["roles"], rule["entitlement"]) == ([], None)
+    assert rule["ttl_ms"] == 30_000
+
+
+@pytest.mark.parametrize("condition, field, words", [
+    ("eq: !!int 0x1F", "yaml", "not a decimal integer"),
+    ("eq: !!bool yes", "yaml", "not a boolean"),
+    ("gte: +5", "rules[0].when[0].gte", "written in decimal"),
+    ("gte: .inf", "rules[0].when[0].gte", "written in decimal"),
+    ("gte: 1e400", "rules[0].when[0].gte", "finite double"),
+    ("gte: " + "9" * 400, "rules[0].when[0].gte", "finite double"),
+    ("lt: -" + "9" * 400, "rules[0].when[0].lt", "finite double"),
+    ("gte: " + "9" * 5000, "yaml", "more than 4300 digits"),
+    ("eq: " + "9" * 5000, "yaml", "more than 4300 digits"),
+])
+def test_out_of_range_and_ambiguous_literals_are_errors(condition, field,
+                                                        words):
+    error = condition_error(condition)
+
+    assert (error.line, error.field) == (10, field)
+    assert words in error.message
+
+
+def test_deep_nesting_is_a_source_error():
+    with pytest.raises(SourceError) as info:
+        compile_policy("p.yaml", "plans: " + "[" * 5000 + "\n")
+
+    assert info.value.field == "yaml"
+
+
+@pytest.mark.parametrize("text, line, field", [
+    ("rules: [{id: r, effect: allow, action: a}]\n", 1, "plans"),
+    ("entitlements: [x]\nrules: [{id: r, effect: allow, action: a}]\n", 1,
+     "plans"),
+    ("plans: {a: {}}\n", 1, "rules"),
+])
+def test_a_missing_section_is_required(text, line, field):
+    with pytest.raises(SourceError) as info:
+        compile_policy("p.yaml", text)
+
+    assert (info.value.line, info.value.field) == (line, field)
+    assert info.value.message.startswith("is required")
