@@ -8,6 +8,7 @@ The binary record is the one the matchers read in place from the memory map;
 ``docs/internals.md`` gives the layout byte by byte.
 """
 
+import functools
 import json
 import math
 import re
@@ -166,6 +167,12 @@ def _timestamp_ms(value) -> int | None:
         return None
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 timestamp or null")
+    return _rfc3339_ms(value)
+
+
+# Licenses of a file tend to share a few dates (the start of a term).
+@functools.lru_cache(maxsize=1024)
+def _rfc3339_ms(value: str) -> int:
     match = _RFC3339.fullmatch(value)
     if not match:
         if _RFC3339_NO_ZONE.fullmatch(value):
@@ -233,6 +240,12 @@ def _object(pairs: list) -> _Object:
     return out
 
 
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+# Read again with this one a line whose integer Python refuses to convert.
+_LONG_INTEGER_DECODER = json.JSONDecoder(object_pairs_hook=_object,
+                                         parse_int=_parse_int)
+
+
 def decode_line(text):
     """One line of a license file (``str`` or UTF-8 ``bytes``) as JSON.
 
@@ -245,15 +258,17 @@ def decode_line(text):
         except UnicodeDecodeError as exc:
             raise _LineError("file", "not UTF-8: %s" % exc.reason) \
                 from None
-    try:
-        return json.loads(text, object_pairs_hook=_object,
-                          parse_int=_parse_int)
-    except json.JSONDecodeError as exc:
-        raise _LineError("json", exc.msg) from None
-    except RecursionError:
-        raise _LineError("json", "nested too deeply") from None
-    except ValueError as exc:
-        raise _LineError("json", str(exc)) from None
+    decoders = (_DECODER, _LONG_INTEGER_DECODER)
+    for decoder in decoders:
+        try:
+            return decoder.decode(text)
+        except json.JSONDecodeError as exc:
+            raise _LineError("json", exc.msg) from None
+        except RecursionError:
+            raise _LineError("json", "nested too deeply") from None
+        except ValueError as exc:
+            if decoder is decoders[-1]:
+                raise _LineError("json", str(exc)) from None
 
 
 def _number_text(value) -> str:
@@ -267,7 +282,9 @@ def _number_text(value) -> str:
             raise ValueError("%r is not a finite number" % value)
         # Plain digits, never an exponent (1e-07 is 0.0000001); a whole
         # number is written as an int is (3.0 is 3, -0.0 is 0).
-        text = format(Decimal(repr(value)), "f")
+        text = repr(value)
+        if "e" in text:
+            text = format(Decimal(text), "f")
         if text.endswith(".0"):
             text = text[:-2]
         if text == "-0":
@@ -294,6 +311,8 @@ def _attribute(value) -> str:
 
 def _text(field: str, text: str, limit: int = MAX_STRING_BYTES) -> None:
     """Refuse a string a record cannot hold: not UTF-8, or too long."""
+    if text.isascii() and len(text) <= limit:
+        return
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
@@ -301,6 +320,25 @@ def _text(field: str, text: str, limit: int = MAX_STRING_BYTES) -> None:
                          "\\udfff), which is not text") from None
     if size > limit:
         raise _LineError(field, "longer than %d bytes" % limit)
+
+
+def _names_fit(entitlements: list, limits: dict, attributes: dict) -> None:
+    """Refuse a name or attribute a record cannot hold, naming its field.
+
+    ASCII text no longer than a record string fits; only a line with
+    other text is checked string by string.
+    """
+    texts = "".join([*entitlements, *limits, *attributes,
+                     *attributes.values()])
+    if texts.isascii() and len(texts) <= MAX_STRING_BYTES:
+        return
+    for name in entitlements:
+        _text("entitlements", name)
+    for name in limits:
+        _text("limits.%s" % name, name)
+    for key, value in attributes.items():
+        _text("attributes.%s" % key, key)
+        _text("attributes.%s" % key, value)
 
 
 def _unique_fields(obj, prefix: str = "") -> None:
@@ -346,15 +384,12 @@ def _license(obj, plans) -> License:
     if not isinstance(entitlements, list) or not all(
             isinstance(e, str) and e for e in entitlements):
         raise _LineError("entitlements", "must be a list of names")
-    for name in entitlements:
-        _text("entitlements", name)
 
     limits = obj.get("limits", {})
     if not isinstance(limits, dict):
         raise _LineError("limits", "must map limit names to numbers")
     _unique_fields(limits, "limits.")
     for name, value in limits.items():
-        _text("limits.%s" % name, name)
         if (not isinstance(value, int) or isinstance(value, bool)
                 or not 0 <= value < 2**63):
             raise _LineError("limits.%s" % name, "must be a whole number "
@@ -366,12 +401,11 @@ def _license(obj, plans) -> License:
     _unique_fields(attributes, "attributes.")
     converted = {}
     for key, value in attributes.items():
-        _text("attributes.%s" % key, key)
         try:
             converted[key] = _attribute(value)
         except ValueError as exc:
             raise _LineError("attributes.%s" % key, str(exc)) from None
-        _text("attributes.%s" % key, converted[key])
+    _names_fit(entitlements, limits, converted)
     for name, items in (("entitlements", entitlements), ("limits", limits),
                         ("attributes", attributes)):
         if len(items) > MAX_ENTRIES:
