@@ -16,6 +16,9 @@ cdef extern from "lmdb.h" nogil:
         size_t mv_size
         void *mv_data
 
+    ctypedef struct MDB_envinfo:
+        size_t me_last_txnid
+
     ctypedef enum MDB_cursor_op:
         MDB_FIRST
         MDB_NEXT
@@ -45,6 +48,7 @@ cdef extern from "lmdb.h" nogil:
     int mdb_env_set_maxreaders(MDB_env *env, unsigned int readers)
     int mdb_env_sync(MDB_env *env, int force)
     int mdb_reader_check(MDB_env *env, int *dead)
+    int mdb_env_info(MDB_env *env, MDB_envinfo *stat)
 
     int mdb_txn_begin(MDB_env *env, MDB_txn *parent, unsigned int flags,
                       MDB_txn **txn)
@@ -52,6 +56,7 @@ cdef extern from "lmdb.h" nogil:
     void mdb_txn_abort(MDB_txn *txn)
     void mdb_txn_reset(MDB_txn *txn)
     int mdb_txn_renew(MDB_txn *txn)
+    size_t mdb_txn_id(MDB_txn *txn)
 
     int mdb_dbi_open(MDB_txn *txn, const char *name, unsigned int flags,
                      MDB_dbi *dbi)

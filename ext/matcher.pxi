@@ -622,6 +622,10 @@ cdef class Matcher:
     cdef readonly list timezones
     cdef readonly bint has_time_conditions
     cdef uint64_t _revision
+    # The snapshot (environment and transaction id) last seen holding this
+    # matcher's revision; NULL: none yet.
+    cdef void *_checked_env
+    cdef size_t _checked_txnid
     cdef list _rules
     cdef _Hot *_hot
     cdef _Cond *_conds
@@ -1251,16 +1255,23 @@ cdef class Matcher:
         # copied out and matched after the transaction ends.
         txn = env.read_begin()
         try:
-            k.mv_size = 8
-            k.mv_data = <void *><const char *>b"revision"
-            rc = mdb_get(txn, meta_dbi, &k, &v)
-            if rc == MDB_NOTFOUND or (rc == MDB_SUCCESS and v.mv_size != 8):
-                raise StoreError("meta/revision is missing or malformed")
-            _check(rc, "get revision")
-            for i in range(8):
-                stored = (stored << 8) | (<const unsigned char *>v.mv_data)[i]
-            if stored != self._revision:
-                return self._stale
+            # A snapshot already checked cannot hold another revision.
+            if (<void *>env != self._checked_env
+                    or mdb_txn_id(txn) != self._checked_txnid):
+                k.mv_size = 8
+                k.mv_data = <void *><const char *>b"revision"
+                rc = mdb_get(txn, meta_dbi, &k, &v)
+                if rc == MDB_NOTFOUND or (
+                        rc == MDB_SUCCESS and v.mv_size != 8):
+                    raise StoreError("meta/revision is missing or malformed")
+                _check(rc, "get revision")
+                for i in range(8):
+                    stored = (stored << 8) | (
+                        <const unsigned char *>v.mv_data)[i]
+                if stored != self._revision:
+                    return self._stale
+                self._checked_env = <void *>env
+                self._checked_txnid = mdb_txn_id(txn)
 
             if key_size > 0:
                 k.mv_size = key_size

@@ -49,6 +49,7 @@ cdef class Environment:
 
     cdef MDB_env *env
     cdef MDB_txn *_reader
+    cdef bint _reader_open
     cdef readonly str path
     cdef readonly bint readonly
     cdef readonly dict dbs
@@ -57,6 +58,7 @@ cdef class Environment:
     def __cinit__(self):
         self.env = NULL
         self._reader = NULL
+        self._reader_open = False
 
     def __init__(self, str path, dbs, *, size_t map_size=1 << 35,
                  unsigned int max_readers=1024, bint sync=True,
@@ -157,10 +159,15 @@ cdef class Environment:
         _check(mdb_reader_check(self.env, &dead), "reader check")
         return dead
 
-    # The hot path reads through one reusable transaction, renewed for each
-    # decision and reset after it.  It is only used while holding the GIL
-    # and never across a release of it, so threads cannot interleave on it.
+    # The hot path reads through one reusable transaction.  It is only used
+    # while holding the GIL and never across a release of it, so threads
+    # cannot interleave on it.  Between decisions it stays open on its
+    # snapshot: the next decision reuses it when nothing was committed
+    # since (one read of the meta page), and renews it otherwise.  The
+    # server's upkeep resets it about once a second (``release_reader``), so
+    # an idle worker never pins old pages for long.
     cdef MDB_txn *read_begin(self) except NULL:
+        cdef MDB_envinfo info
         cdef int rc
         if self.env == NULL:
             raise StoreError("environment %s is closed" % self.path)
@@ -169,13 +176,27 @@ cdef class Environment:
             if rc != MDB_SUCCESS:
                 self._reader = NULL
                 _check(rc, "begin read")
-        else:
-            _check(mdb_txn_renew(self._reader), "renew read")
+            self._reader_open = True
+            return self._reader
+
+        if self._reader_open:
+            mdb_env_info(self.env, &info)
+            if info.me_last_txnid == mdb_txn_id(self._reader):
+                return self._reader
+            mdb_txn_reset(self._reader)
+            self._reader_open = False
+        _check(mdb_txn_renew(self._reader), "renew read")
+        self._reader_open = True
         return self._reader
 
     cdef void read_end(self) noexcept:
-        if self._reader != NULL:
+        pass  # the snapshot stays open for the next decision; see above
+
+    def release_reader(self):
+        """End the hot path's read snapshot (renewed at the next read)."""
+        if self._reader != NULL and self._reader_open:
             mdb_txn_reset(self._reader)
+            self._reader_open = False
 
 
 cdef class Transaction:

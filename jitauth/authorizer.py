@@ -697,6 +697,7 @@ class Authorizer:
         """
         if self._durability == "interval":
             self.store.env.sync()
+        self.store.env.release_reader()
         now = time.monotonic()
         if now - self._last_purge >= PURGE_EVERY_S:
             self._last_purge = now
