@@ -163,6 +163,18 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
 
 
+def _construct_unsupported(loader, node):
+    raise _scalar_error(node, "the tag %s is not supported (a policy holds "
+                        "strings, numbers, booleans, lists and mappings)"
+                        % node.tag.replace("tag:yaml.org,2002:", "!!"))
+
+
+# PyYAML's own constructors for these fail on odd input with a traceback.
+for _tag in ("timestamp", "binary", "omap", "pairs", "set"):
+    _Loader.add_constructor("tag:yaml.org,2002:" + _tag,
+                            _construct_unsupported)
+
+
 @dataclass(slots=True)
 class _Where:
     """The place being validated: the file, a field path and its line."""

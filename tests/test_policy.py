@@ -303,6 +303,8 @@ def test_plain_numbers_nulls_and_times_of_day_still_read_as_meant():
 @pytest.mark.parametrize("condition, field, words", [
     ("eq: !!int 0x1F", "yaml", "not a decimal integer"),
     ("eq: !!bool yes", "yaml", "not a boolean"),
+    ("eq: !!timestamp x", "yaml", "!!timestamp is not supported"),
+    ("eq: !!binary '%%'", "yaml", "!!binary is not supported"),
     ("gte: +5", "rules[0].when[0].gte", "written in decimal"),
     ("gte: .inf", "rules[0].when[0].gte", "written in decimal"),
     ("gte: 1e400", "rules[0].when[0].gte", "finite double"),
