@@ -44,7 +44,12 @@ from dataclasses import dataclass, field
 import yaml
 
 from jitauth.authorizer import Authorizer, validate
-from jitauth.licenses import _license, _LineError, encode_license
+from jitauth.licenses import (
+    _license,
+    _LineError,
+    _rfc3339_ms,
+    encode_license,
+)
 from jitauth.model import AuthorizeInput, InvalidInput, Reason
 from jitauth.policy import (
     SourceError,
@@ -143,19 +148,14 @@ def _strings(where: _Where, mapping, key: str) -> dict:
 
 
 def _moment_ms(where: _Where, value) -> int:
-    if isinstance(value, str):
-        try:
-            value = datetime.datetime.fromisoformat(
-                value.replace("Z", "+00:00"))
-        except ValueError:
-            raise where.error("%r is not an RFC 3339 time" % value) \
-                from None
-    if not isinstance(value, datetime.datetime):
+    """An RFC 3339 time, read exactly as license timestamps are."""
+    if not isinstance(value, str):
         raise where.error("must be an RFC 3339 time such as "
                           "2026-12-04T15:00:00Z")
-    if value.tzinfo is None:
-        raise where.error("needs a time zone (add Z or +00:00)")
-    return int(value.timestamp() * 1000)
+    try:
+        return _rfc3339_ms(value)
+    except ValueError as exc:
+        raise where.error(str(exc)) from None
 
 
 class _SuiteReader:
