@@ -144,7 +144,7 @@ def _invalid(**replace) -> str:
      "policy_test.yaml:14: cases[0]: no now: give one for the suite or "
      "the case"),
     (_invalid(t=('now: "2026-12-04T15:00:00Z"', 'now: "2026-12-04 15:00"')),
-     "policy_test.yaml:2: now: needs a time zone"),
+     "policy_test.yaml:2: now: '2026-12-04 15:00' is not an RFC 3339"),
     (_invalid(f=("    expect: {decision: allow,",
                  "    expected: {decision: allow,")),
      "policy_test.yaml:17: cases[0].expected: unknown field"),
