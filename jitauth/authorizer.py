@@ -17,7 +17,7 @@ from typing import NamedTuple
 from jitauth import grants
 from jitauth._core import Matcher, StoreError
 from jitauth.clock import tz_offsets
-from jitauth.licenses import decode_license
+from jitauth.licenses import decode_license, plan_and_limit
 from jitauth.limits import (
     MAX_ACTION_BYTES,
     MAX_ATTRIBUTES,
@@ -592,11 +592,11 @@ class Authorizer:
         record = txn.get(self.store.licenses, grant.account_id.encode())
         if record is None:
             return 0
-        lic = decode_license(grant.account_id, record)
-        if grant.quota in lic.limits:
-            return lic.limits[grant.quota]
-        plan = policy["plans"].get(lic.plan, {})
-        return plan.get("quotas", {}).get(grant.quota, 0)
+        plan, own = plan_and_limit(record, grant.quota)
+        if own is not None:
+            return own
+        return policy["plans"].get(plan, {}).get("quotas", {}).get(
+            grant.quota, 0)
 
     def _explain(self, q: AuthorizeInput, now_ms: int,
                  result: AuthorizeResult, limit_max: int, current) -> list:

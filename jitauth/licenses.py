@@ -92,6 +92,34 @@ def encode_license(lic: License) -> bytes:
     return bytes(out)
 
 
+def plan_and_limit(record: bytes, name: str) -> tuple:
+    """``(plan, the license's own value of limit name or None)``, read from
+    a binary record without decoding the rest of it (the quota path of
+    every metered allow).  Raises ``CorruptRecord`` on a truncated one."""
+    try:
+        (version, _, n_ent, n_lim, _, _, _) = _HEADER.unpack_from(record)
+        if version != FORMAT_VERSION:
+            raise CorruptRecord("license record has format %d" % version)
+        pos = _HEADER.size
+        (size,) = _U16.unpack_from(record, pos)
+        plan = record[pos + 2:pos + 2 + size].decode("utf-8")
+        pos += 2 + size
+        for _ in range(n_ent):
+            pos += 2 + _U16.unpack_from(record, pos)[0]
+        wanted = name.encode()
+        for _ in range(n_lim):
+            (size,) = _U16.unpack_from(record, pos)
+            key = record[pos + 2:pos + 2 + size]
+            pos += 2 + size
+            if key == wanted:
+                return plan, _I64.unpack_from(record, pos)[0]
+            pos += 8
+        return plan, None
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise CorruptRecord("license record is truncated or not UTF-8") \
+            from exc
+
+
 def decode_license(account_id: str, record: bytes) -> License:
     """Read a binary record back (for the CLI and the admin API)."""
     view = memoryview(record)

@@ -421,3 +421,16 @@ def test_rollback_refuses_a_revision_no_matcher_can_build(tmp_path,
     assert done.returncode == 2, done.stderr
     assert "old.yaml:0: rules[0]: no matcher can be built" in done.stderr
     assert stored(data)[0] == 3
+
+
+def test_plan_and_limit_reads_one_limit_in_place():
+    from jitauth.licenses import CorruptRecord, plan_and_limit
+
+    record = encode_license(License("a", "pro", entitlements=("x", "yy"),
+                                    limits={"q1": 5, "q2": 7},
+                                    attributes={"k": "v"}))
+
+    assert plan_and_limit(record, "q2") == ("pro", 7)
+    assert plan_and_limit(record, "q3") == ("pro", None)
+    with pytest.raises(CorruptRecord):
+        plan_and_limit(record[:30], "q2")
