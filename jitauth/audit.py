@@ -40,6 +40,8 @@ from dataclasses import dataclass
 
 import grpc
 
+from jitauth.telemetry import WrappingInterceptor
+
 log = logging.getLogger(__name__)
 
 WHEN_FULL = ("block", "drop")
@@ -151,25 +153,11 @@ def _trace_id(metadata) -> str:
     return ""
 
 
-class CallerTrace(grpc.ServerInterceptor):
+class CallerTrace(WrappingInterceptor):
     """Notes the trace id of each call's W3C ``traceparent`` for the audit
     records written while serving it."""
 
-    def __init__(self):
-        self._handlers = {}
-
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            handler = continuation(handler_call_details)
-            if handler is None or handler.unary_unary is None:
-                return handler
-            handler = self._wrap(handler)
-            self._handlers[method] = handler
-        return handler
-
-    def _wrap(self, handler):
+    def _wrap(self, method: str, handler):
         behavior = handler.unary_unary
         caller = _caller
 

@@ -22,6 +22,8 @@ import time
 
 import grpc
 
+from jitauth.telemetry import WrappingInterceptor
+
 log = logging.getLogger(__name__)
 
 ENV_FLAG = "JITAUTH_METRICS"
@@ -132,30 +134,20 @@ def worker_metrics():
         return _worker
 
 
-class ServerMetrics(grpc.ServerInterceptor):
+class ServerMetrics(WrappingInterceptor):
     """Times every call and counts Authorize decisions by reason."""
 
     def __init__(self, metrics: WorkerMetrics):
         from jitauth.v1 import authorizer_pb2 as pb
 
+        super().__init__()
         self.metrics = metrics
-        self._handlers = {}
         self._reasons = {value.number: value.name.removeprefix("REASON_")
                          .lower() for value in pb.Reason.DESCRIPTOR.values}
         self._allow = pb.DECISION_ALLOW
 
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        handler = self._handlers.get(method)
-        if handler is None:
-            handler = continuation(handler_call_details)
-            if handler is None or handler.unary_unary is None:
-                return handler
-            handler = self._wrap(method.rpartition("/")[2], handler)
-            self._handlers[method] = handler
-        return handler
-
     def _wrap(self, method: str, handler):
+        method = method.rpartition("/")[2]
         metrics = self.metrics
         timer = metrics.timer(method)
         behavior = handler.unary_unary
