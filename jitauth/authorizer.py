@@ -40,6 +40,32 @@ from jitauth.store import Store, durability
 
 log = logging.getLogger(__name__)
 
+MATCHERS = ("compiled", "reference")
+
+_MESSAGES = {
+    Reason.ALLOWED_BY_RULE: "Allowed by rule {rule}.",
+    Reason.NO_LICENSE: "Account {account} has no license.",
+    Reason.LICENSE_INACTIVE: "The license of account {account} is not "
+                             "active.",
+    Reason.LICENSE_EXPIRED: "The license of account {account} has expired.",
+    Reason.LICENSE_NOT_YET_VALID: "The license of account {account} is not "
+                                  "valid yet.",
+    Reason.NOT_ENTITLED: "The plan of account {account} does not include "
+                         "{action} (rule {rule}).",
+    Reason.DENIED_BY_RULE: "Denied by rule {rule}.",
+    Reason.NO_MATCHING_RULE: "No rule allows {action} for this subject.",
+    Reason.CONCURRENCY_LIMIT_REACHED: "All slots of limit {limit} of account "
+                                      "{account} are in use.",
+    Reason.QUOTA_EXHAUSTED: "Quota {quota} of account {account} is used up "
+                            "for this period.",
+}
+
+# Grants ended or expired more than an hour ago are purged this often.
+PURGE_EVERY_S = 60
+
+# A revision can change between reading it and matching; retry this often.
+_STALE_RETRIES = 8
+
 
 class _Revision(NamedTuple):
     """A policy revision's matcher and compiled policy, always together."""
@@ -172,32 +198,6 @@ def _duration(ms: int) -> str:
 def _copy(source: AuthorizeResult, target: AuthorizeResult) -> None:
     for name in AuthorizeResult.__slots__:
         setattr(target, name, getattr(source, name))
-
-MATCHERS = ("compiled", "reference")
-
-_MESSAGES = {
-    Reason.ALLOWED_BY_RULE: "Allowed by rule {rule}.",
-    Reason.NO_LICENSE: "Account {account} has no license.",
-    Reason.LICENSE_INACTIVE: "The license of account {account} is not "
-                             "active.",
-    Reason.LICENSE_EXPIRED: "The license of account {account} has expired.",
-    Reason.LICENSE_NOT_YET_VALID: "The license of account {account} is not "
-                                  "valid yet.",
-    Reason.NOT_ENTITLED: "The plan of account {account} does not include "
-                         "{action} (rule {rule}).",
-    Reason.DENIED_BY_RULE: "Denied by rule {rule}.",
-    Reason.NO_MATCHING_RULE: "No rule allows {action} for this subject.",
-    Reason.CONCURRENCY_LIMIT_REACHED: "All slots of limit {limit} of account "
-                                      "{account} are in use.",
-    Reason.QUOTA_EXHAUSTED: "Quota {quota} of account {account} is used up "
-                            "for this period.",
-}
-
-# Grants ended or expired more than an hour ago are purged this often.
-PURGE_EVERY_S = 60
-
-# A revision can change between reading it and matching; retry this often.
-_STALE_RETRIES = 8
 
 
 def _now_ms() -> int:
