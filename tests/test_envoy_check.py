@@ -287,7 +287,7 @@ def allow_grant(check) -> str:
 
 @pytest.mark.parametrize("status, outcome", [
     (200, pb.OUTCOME_SUCCESS), (404, pb.OUTCOME_SUCCESS),
-    (503, pb.OUTCOME_FAILURE), (0, pb.OUTCOME_CANCELLED),
+    (503, pb.OUTCOME_FAILURE),
 ])
 def test_access_log_completes_the_grant(server, status, outcome):
     check, authorizer, logs = server
@@ -300,6 +300,18 @@ def test_access_log_completes_the_grant(server, status, outcome):
     assert again.already_ended
     assert again.state == pb.GRANT_STATE_COMPLETED
     assert again.outcome == outcome
+
+
+def test_no_response_leaves_the_grant_to_its_expiry(server):
+    check, authorizer, logs = server
+    grant_id = allow_grant(check)
+
+    logs.StreamAccessLogs(stream(log_entry(grant_id, 0)), timeout=5)
+
+    later = authorizer.Complete(pb.CompleteRequest(grant_id=grant_id),
+                                timeout=5)
+    assert not later.already_ended  # still live: the client's own call ends it
+    assert later.state == pb.GRANT_STATE_COMPLETED
 
 
 def test_access_log_skips_what_it_cannot_use(server):

@@ -149,6 +149,17 @@ def test_identity_from_jwt_claims():
         "acme", "alice", ("read", "write"))
 
 
+@pytest.mark.parametrize("number", [2.0**53 + 2, 1.5, -2.0**60])
+def test_claims_a_double_cannot_hold_exactly_are_refused(number):
+    mapping = parse_mapping(CLAIMS)
+
+    with pytest.raises(Unmapped) as info:
+        mapping.question(http(path="/x", headers={}, jwt_payload={
+            "org": {"id": number}, "sub": "alice"}))
+
+    assert info.value.reason == "invalid_identity"
+
+
 def test_integral_claims_are_accepted_as_ids():
     q = parse_mapping(CLAIMS).question(http(path="/x", headers={},
                                             jwt_payload={
@@ -256,6 +267,13 @@ BAD = [
     ({"identity": {"account": {"header": "a"}, "subject": {"header": "s"}},
       "completion": {"keep_header": "no good"}},
      "completion.keep_header: not a valid header name"),
+    ({"identity": {"account": {"header": "a"}, "subject": {"header": "s"}},
+      "routes": [{"path": "/f/{name}.{ext}", "action": "a"}]},
+     "routes[0].path: at most one {placeholder} per segment"),
+    ({"identity": {"account": {"header": "a"}, "subject": {"header": "s"}},
+      "context": {"headers": {"x-src": "ip"}, "source_address": "ip"}},
+     "context.source_address: context key 'ip' is also filled from a "
+     "header"),
 ]
 
 

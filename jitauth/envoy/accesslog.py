@@ -10,9 +10,12 @@ as soon as the response has gone out, without the upstream calling
 Complete itself:
 
 - a response status of 500 or above: outcome failure;
-- no response at all (status 0: the client went away, the stream was
-  reset): outcome cancelled;
 - any other status: outcome success;
+- no response at all (status 0: the client went away, the stream was
+  reset): nothing is completed.  The upstream may still be doing the work,
+  so the grant keeps its seat and its quota units until it expires (and an
+  expired grant's units count as consumed): a client cannot get work done
+  for free by hanging up early;
 - unless the upstream answered with the mapping's keep header
   (``x-jitauth-keep-grant: 1``, logged through Envoy's
   ``additional_response_headers_to_log``): the action goes on after the
@@ -48,11 +51,12 @@ SERVICE_NAME = als_pb2.DESCRIPTOR.services_by_name[
 MAX_STREAMS = 32
 
 
-def outcome_of(entry) -> Outcome:
-    """How the request of an HTTP access log entry ended."""
+def outcome_of(entry) -> Outcome | None:
+    """How the request of an HTTP access log entry ended; None when it got
+    no response (the grant is then left to its expiry)."""
     code = entry.response.response_code.value
     if code == 0:
-        return Outcome.CANCELLED
+        return None
     if code >= 500:
         return Outcome.FAILURE
     return Outcome.SUCCESS
@@ -123,12 +127,15 @@ class AccessLogReceiver(als_pb2_grpc.AccessLogServiceServicer):
         if self._keep_header and entry.response.response_headers.get(
                 self._keep_header, "") not in ("", "0", "false"):
             return None
+        outcome = outcome_of(entry)
+        if outcome is None:
+            return None
         authorizer = self._authorizer()
         if authorizer is None:
             raise Unavailable("data not open")
 
         try:
-            result = authorizer.complete(grant_id, outcome_of(entry))
+            result = authorizer.complete(grant_id, outcome)
         except (GrantNotFound, InvalidInput) as exc:
             log.debug("access log names grant %r: %s", grant_id[:64], exc)
             return None

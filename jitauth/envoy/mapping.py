@@ -227,8 +227,14 @@ class Mapping:
                 raise Unmapped("missing_identity", "%s: %s is missing"
                                % (name, source.describe()))
             value = value[step]
-        if isinstance(value, float) and value.is_integer():
-            # Struct numbers are doubles: {"org": 42} arrives as 42.0.
+        if isinstance(value, float):
+            # Struct numbers are doubles: {"org": 42} arrives as 42.0.  Past
+            # 2**53 a double no longer holds every whole number, and two
+            # ids would read as one: refuse those rather than guess.
+            if not value.is_integer() or abs(value) > 2**53:
+                raise Unmapped("invalid_identity", "%s: %s is a number a "
+                               "JSON double cannot hold exactly; send ids "
+                               "as strings" % (name, source.describe()))
             value = int(value)
         return value
 
@@ -307,6 +313,15 @@ def parse_mapping(data, origin: str = "<mapping>") -> Mapping:
         _context_key(fail, "context.source_address", source_key)
     if principal_key:
         _context_key(fail, "context.principal", principal_key)
+    # A header feeding the same key would stand in for the address or the
+    # principal whenever Envoy has none to give: the client's word.
+    for name, key in (("source_address", source_key),
+                      ("principal", principal_key)):
+        if key and key in context_headers.values():
+            fail("context.%s" % name, "context key %r is also filled from "
+                 "a header; give them different keys" % key)
+    if source_key and source_key == principal_key:
+        fail("context.principal", "must differ from source_address")
 
     use_extensions = data.get("context_extensions", True)
     if not isinstance(use_extensions, bool):
@@ -420,6 +435,12 @@ def _route(fail, where: str, data) -> Route:
         fail(where + ".path", "matches the path only; remove the query")
     pattern, names = "", []
     pos = 0
+    for segment in template.split("/"):
+        # Two placeholders in one segment ({name}.{ext}) would let a path of
+        # many dots make the regular expression backtrack for seconds.
+        if len(_PLACEHOLDER.findall(segment)) > 1:
+            fail(where + ".path", "at most one {placeholder} per segment "
+                 "(%r has more)" % segment)
     for match in _PLACEHOLDER.finditer(template):
         name = match.group(1)
         if name in names:
