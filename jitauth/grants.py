@@ -27,6 +27,7 @@ import struct
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from jitauth.licenses import why_unusable
 from jitauth.model import (
     CompleteResult,
     GrantNotFound,
@@ -343,13 +344,18 @@ class GrantEnded(Exception):
         self.state = grant.state
 
 
+class LicenseUnusable(Exception):
+    """The account's license no longer backs new time for its grants."""
+
+
 def renew(store, grant_id: str, account_id: str, extend_by_ms: int,
           now_ms: int) -> Grant:
     """Push a live grant's expiry to ``now + extend_by``.
 
     Never beyond the rule's maximum lifetime (``InvalidInput`` naming
     ``extend_by``), never for another account's grant, never once the grant
-    has ended (``GrantEnded``).
+    has ended (``GrantEnded``), never while the account's license is not
+    active and valid (``LicenseUnusable``).
     """
     raw = parse_grant_id(grant_id)
     if extend_by_ms <= 0:
@@ -363,6 +369,11 @@ def renew(store, grant_id: str, account_id: str, extend_by_ms: int,
         _expire_if_due(store, txn, grant, now_ms)
         if grant.state != GrantState.LIVE:
             raise GrantEnded(grant)
+        why = why_unusable(txn.get(store.licenses, account_id.encode()),
+                           now_ms)
+        if why:
+            raise LicenseUnusable("account %s %s: its grants cannot be "
+                                  "renewed" % (account_id, why))
 
         expires = now_ms + extend_by_ms
         if expires > grant.max_expires_at_ms:

@@ -92,6 +92,27 @@ def encode_license(lic: License) -> bytes:
     return bytes(out)
 
 
+def why_unusable(record: bytes | None, now_ms: int) -> str:
+    """Why a license record cannot back an action at ``now``: ``""`` when
+    it can (active, inside its window), else a short reason."""
+    if record is None:
+        return "has no license"
+    try:
+        (version, status, _, _, _, valid_from, valid_until
+         ) = _HEADER.unpack_from(record)
+    except struct.error:
+        return "has a corrupt license record"
+    if version != FORMAT_VERSION:
+        return "has a corrupt license record"
+    if status != LicenseStatus.ACTIVE:
+        return "has a license that is not active"
+    if now_ms < valid_from:
+        return "has a license that is not valid yet"
+    if now_ms >= valid_until:
+        return "has a license that has expired"
+    return ""
+
+
 def plan_and_limit(record: bytes, name: str) -> tuple:
     """``(plan, the license's own value of limit name or None)``, read from
     a binary record without decoding the rest of it (the quota path of

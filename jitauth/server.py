@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from jitauth import admin, audit, metrics, telemetry, wire
-from jitauth.grants import GrantEnded
+from jitauth.grants import GrantEnded, LicenseUnusable
 from jitauth.limits import MAX_BATCH_BYTES
 from jitauth.model import GrantNotFound, InvalidInput, Unavailable
 from jitauth.v1 import authorizer_pb2 as pb
@@ -45,6 +45,7 @@ STATUS_CODES = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     GrantNotFound: grpc.StatusCode.NOT_FOUND,
     GrantEnded: grpc.StatusCode.FAILED_PRECONDITION,
+    LicenseUnusable: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 

@@ -449,3 +449,19 @@ def test_batch_reused_request_id_fails_that_item_only(env):
     assert results[0].allowed and results[2].allowed
     assert isinstance(results[1], InvalidInput)
     assert results[1].field == "request_id"
+
+
+def test_renew_refused_once_the_license_is_revoked(env, tmp_path):
+    from jitauth.grants import LicenseUnusable
+    from jitauth.loader import apply_delta
+
+    a, _ = env
+    grant = a.authorize(ask("reports.export"))
+    (tmp_path / "d.jsonl").write_text(
+        '{"account": "acme", "plan": "pro", "status": "revoked"}\n')
+    apply_delta(str(tmp_path / "data"), str(tmp_path / "d.jsonl"))
+
+    with pytest.raises(LicenseUnusable, match="not active"):
+        a.renew(grant.grant_id, "acme", 5_000)
+
+    assert a.grant(grant.grant_id).expires_at_ms == NOW + 10_000
