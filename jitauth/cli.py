@@ -21,6 +21,7 @@ Exit codes:
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from datetime import datetime, timezone
@@ -124,11 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--action")
     audit.add_argument("--decision", choices=["allow", "deny"])
     audit.add_argument("--event", choices=list(AUDIT_EVENTS))
-    audit.add_argument("--limit", type=int, metavar="N",
+    audit.add_argument("--limit", type=cli_data.whole_number(1, 2**63 - 1),
+                       metavar="N",
                        help="stop after N records")
     audit.add_argument("--follow", action="store_true",
                        help="keep printing new records as they arrive")
-    audit.add_argument("--follow-for", type=float, metavar="SECONDS",
+    audit.add_argument("--follow-for", type=_seconds, metavar="SECONDS",
                        help="with --follow: stop after this long")
     audit.add_argument("--json", action="store_true",
                        help="JSON Lines, one record per line")
@@ -220,6 +222,18 @@ def _add_request_options(auth: argparse.ArgumentParser) -> None:
     auth.add_argument("--request-id", default="")
     auth.add_argument("--units", type=int, default=0,
                       help="quota units to reserve (default: the rule's)")
+
+
+def _seconds(text: str) -> float:
+    """A finite, positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError("must be a positive number of "
+                                         "seconds, not %r" % text)
+    return value
 
 
 def _add_client_options(parser: argparse.ArgumentParser) -> None:

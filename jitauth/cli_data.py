@@ -25,17 +25,26 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-def _keep(text: str) -> int:
-    import argparse
+def whole_number(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high``."""
 
-    try:
-        keep = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: %r" % text) \
-            from None
-    if keep < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return keep
+    def parse(text: str) -> int:
+        import argparse
+
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("not a number: %r" % text) \
+                from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError("must be from %d to %d"
+                                             % (low, high))
+        return value
+
+    return parse
+
+
+_keep = whole_number(1, 1_000_000)
 
 
 def add_keep_option(parser) -> None:
@@ -63,7 +72,8 @@ def add_commands(commands) -> None:
         "rollback", help="make a copy of a stored revision the active one")
     rollback.add_argument("--data", required=True,
                           help="LMDB data directory")
-    rollback.add_argument("--to", required=True, type=int, metavar="REV",
+    rollback.add_argument("--to", required=True,
+                          type=whole_number(1, 2**63 - 1), metavar="REV",
                           help="the revision to restore")
     add_keep_option(rollback)
     rollback.set_defaults(run=_rollback)

@@ -25,7 +25,7 @@ from jitauth.licenses import (
     decode_line,
     encode_license,
 )
-from jitauth.policy import SourceError, compile_policy
+from jitauth.policy import SourceError, compile_policy, read_source
 from jitauth.revisions import (
     DEFAULT_KEEP,
     compiled_bytes,
@@ -164,11 +164,7 @@ def load(data_dir: str, policy_path: str, license_paths=(), *,
     ``progress`` draws a progress bar on stderr.
     """
     license_paths = list(license_paths)
-    try:
-        with open(policy_path, "rb") as f:
-            source = f.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(policy_path, 0, "file", str(exc)) from None
+    source = read_source(policy_path)
     policy = compile_policy(policy_path, source)
 
     bar = Progress(progress)

@@ -664,6 +664,25 @@ def _matcher_failure(policy: dict, *matchers) -> str | None:
     return None
 
 
+# XXX: a policy (or test suite) file is read whole into memory; larger
+# files are refused rather than read without bound.
+MAX_SOURCE_BYTES = 16 << 20
+
+
+def read_source(path: str) -> str:
+    """The text of a policy or suite file, as UTF-8, at most
+    ``MAX_SOURCE_BYTES``; ``SourceError`` otherwise."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SOURCE_BYTES + 1)
+        if len(data) > MAX_SOURCE_BYTES:
+            raise SourceError(path, 0, "file", "larger than %d bytes"
+                              % MAX_SOURCE_BYTES)
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SourceError(path, 0, "file", str(exc)) from None
+
+
 def compile_policy(path: str, text: str | None = None) -> dict:
     """Validate the policy file at ``path`` and return its compiled form.
 
@@ -671,11 +690,7 @@ def compile_policy(path: str, text: str | None = None) -> dict:
     a policy that neither matcher could be built from.
     """
     if text is None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SourceError(path, 0, "file", str(exc)) from None
+        text = read_source(path)
 
     try:
         document = yaml.load(text, Loader=_Loader)

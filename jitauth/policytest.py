@@ -59,6 +59,7 @@ from jitauth.policy import (
     _Seq,
     _Where,
     compile_policy,
+    read_source,
 )
 from jitauth.revisions import compiled_bytes, install
 from jitauth.store import Store
@@ -388,11 +389,7 @@ class _SuiteReader:
 
 def read_suite(path: str) -> Suite:
     """Validate a suite and its policy; raise ``SourceError`` if invalid."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SourceError(path, 0, "file", str(exc)) from None
+    text = read_source(path)
     try:
         document = yaml.load(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

@@ -19,7 +19,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from jitauth.policy import check_matchers, compile_policy
+from jitauth.policy import check_matchers, compile_policy, read_source
 from jitauth.store import REVISION_KEY, Store, revision_key
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,7 @@ def apply(data_dir: str, policy_path: str, *,
     ``RevisionError`` without data, before writing anything.  The revision
     is flushed to disk before this returns.
     """
-    try:
-        with open(policy_path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        from jitauth.policy import SourceError
-
-        raise SourceError(policy_path, 0, "file", str(exc)) from None
+    text = read_source(policy_path)
     policy = compile_policy(policy_path, text)
     compiled = compiled_bytes(policy)
 

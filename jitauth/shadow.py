@@ -174,12 +174,11 @@ def install(data_dir: str, policy_path: str) -> int:
     """Compile ``policy_path`` and install it as the shadow candidate,
     replacing any other; return the candidate's number.  Raises
     ``jitauth.policy.SourceError`` on an invalid policy, before writing."""
-    from jitauth.policy import compile_policy
+    from jitauth.policy import compile_policy, read_source
     from jitauth.store import Store
 
-    with open(policy_path, "rb") as f:
-        source = f.read().decode("utf-8", "replace")
-    policy = compile_policy(policy_path)
+    source = read_source(policy_path)
+    policy = compile_policy(policy_path, source)
 
     store = Store(data_dir)
     try:

@@ -340,3 +340,17 @@ def test_a_missing_section_is_required(text, line, field):
 
     assert (info.value.line, info.value.field) == (line, field)
     assert info.value.message.startswith("is required")
+
+
+def test_an_oversized_policy_file_is_refused_unread(tmp_path, monkeypatch):
+    import jitauth.policy
+
+    monkeypatch.setattr(jitauth.policy, "MAX_SOURCE_BYTES", 64)
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * 100 + "\n")
+
+    with pytest.raises(SourceError) as info:
+        compile_policy(str(path))
+
+    assert (info.value.field, info.value.message) == (
+        "file", "larger than 64 bytes")

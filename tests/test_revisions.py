@@ -147,7 +147,8 @@ def test_rollback_installs_a_copy_under_a_new_number(loaded):
 @pytest.mark.parametrize("target, words", [
     ("1", "revision 1 no longer exists: it was pruned"),
     ("9", "revision 9 does not exist (the newest is 4"),
-    ("0", "revision 0 does not exist"),
+    ("0", "--to: must be from 1 to"),
+    ("-1", "--to: must be from 1 to"),
 ])
 def test_rollback_to_a_missing_revision_fails_and_changes_nothing(
         loaded, target, words):
