@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import queue
 import signal
 import socket
 import threading
@@ -61,6 +62,9 @@ DATA_POLL_SECONDS = 1.0
 # Restarts of crashed workers allowed within RESTART_WINDOW seconds.
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
+# How long the parent waits for its first workers before announcing the
+# address anyway.
+READY_TIMEOUT = 60.0
 
 
 class AuthorizerServicer:
@@ -355,7 +359,8 @@ def _format_address(host: str, port: int) -> str:
 
 
 def _worker_main(index: int, data_dir: str, address: str, matcher: str,
-                 grace: float, log_level: int, envoy=None) -> None:
+                 grace: float, log_level: int, envoy=None,
+                 ready=None) -> None:
     from jitauth.cli import configure_logging
 
     configure_logging(log_level)
@@ -369,10 +374,29 @@ def _worker_main(index: int, data_dir: str, address: str, matcher: str,
     service.start()
     log.info("worker %d (pid %d) serving on %s", index, os.getpid(),
              address)
+    if ready is not None:
+        ready.put(index)
 
     stop.wait()
     log.info("worker %d (pid %d) stopping", index, os.getpid())
     service.stop(grace)
+
+
+def _wait_ready(ready, procs: dict, stopping) -> None:
+    """Wait until every first worker takes connections, a worker dies, or
+    ``READY_TIMEOUT`` passes: whoever reads the address may connect then."""
+    waiting = set(procs)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while waiting and not stopping.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0 or any(not procs[i].is_alive() for i in waiting):
+            log.warning("workers %s not serving yet; going on",
+                        sorted(waiting))
+            return
+        try:
+            waiting.discard(ready.get(timeout=min(left, 0.2)))
+        except queue.Empty:
+            pass
 
 
 def serve(data_dir: str, listen: str, workers: int = 1, *,
@@ -380,9 +404,10 @@ def serve(data_dir: str, listen: str, workers: int = 1, *,
           on_listening=None, envoy=None, exporter=None) -> int:
     """Run the server until SIGTERM or SIGINT; return the exit status.
 
-    ``on_listening(address)`` is called once the port is reserved, with the
-    real ``HOST:PORT``.  ``envoy``, a :class:`jitauth.envoy.Mapping`, makes
-    every worker also serve Envoy's ext_authz and access log services.
+    ``on_listening(address)`` is called with the real ``HOST:PORT`` once
+    every worker takes connections (or after ``READY_TIMEOUT`` seconds).
+    ``envoy``, a :class:`jitauth.envoy.Mapping`, makes every worker also
+    serve Envoy's ext_authz and access log services.
     ``exporter``, a :class:`jitauth.metrics.Exporter`, hears of workers
     that exited.
     """
@@ -392,23 +417,26 @@ def serve(data_dir: str, listen: str, workers: int = 1, *,
     address = _format_address(host, port)
     log.info("listening on %s with %d worker(s); data %s; matcher %s",
              address, workers, data_dir, matcher)
-    if on_listening is not None:
-        on_listening(address)
 
     ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     level = logging.getLogger("jitauth").getEffectiveLevel()
 
-    def start(index: int):
+    def start(index: int, ready=None):
         proc = ctx.Process(
             target=_worker_main, name="jitauth-worker-%d" % index,
-            args=(index, data_dir, address, matcher, grace, level, envoy))
+            args=(index, data_dir, address, matcher, grace, level, envoy,
+                  ready))
         proc.start()
         return proc
 
-    procs = {i: start(i) for i in range(workers)}
+    procs = {i: start(i, ready) for i in range(workers)}
+    _wait_ready(ready, procs, stopping)
+    if on_listening is not None:
+        on_listening(address)
     restarts: list[float] = []
     status = 0
     try:
