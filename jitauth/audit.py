@@ -594,6 +594,14 @@ def run_query(args) -> int:
     from jitauth.store import Store
 
     now_ms = int(time.time() * 1000)
+    if args.follow_for is not None and not args.follow:
+        print("error: --follow-for needs --follow", file=sys.stderr)
+        return 2
+    for option in ("account", "subject", "action"):
+        if getattr(args, option) == "":
+            print("error: --%s: must not be empty" % option,
+                  file=sys.stderr)
+            return 2
     try:
         query = Query(
             since_ms=parse_time_ms(args.since, now_ms) if args.since

@@ -364,6 +364,19 @@ def test_cli_rejects_bad_input(trail, tmp_path):
     assert no_data.returncode == 2
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--follow-for", "3"], "--follow-for needs --follow"),
+    (["--follow", "--follow-for", "nan"], "positive number of seconds"),
+    (["--limit", "0"], "--limit: must be from 1"),
+    (["--account", ""], "--account: must not be empty"),
+])
+def test_cli_refuses_options_that_make_no_sense(trail, args, words):
+    done = _cli("--data", trail, *args)
+
+    assert done.returncode == 2
+    assert words in done.stderr
+
+
 def test_cli_follows_new_records(trail):
     follow = subprocess.Popen(
         JITAUTH + ["audit", "--data", trail, "--json", "--follow",
