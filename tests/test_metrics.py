@@ -126,3 +126,39 @@ def test_metrics_address_in_use_exits_2(data_dir):
 
     assert second.returncode == 2
     assert "error:" in second.stderr
+
+
+def test_envoy_check_decisions_are_counted(data_dir):
+    import grpc
+    from envoy.service.auth.v3 import external_auth_pb2 as ext
+    from envoy.service.auth.v3 import external_auth_pb2_grpc as ext_grpc
+
+    mapping = __file__.rsplit("/tests/", 1)[0] + \
+        "/examples/envoy/mapping-headers.yaml"
+    server = ServeProcess("--data", data_dir, "--listen", "127.0.0.1:0",
+                          "--envoy-config", mapping, "--metrics-listen",
+                          "127.0.0.1:0")
+    try:
+        metrics_address = server.proc.stdout.readline().split(" on ")[1] \
+            .strip()
+        wait_serving(server.address)
+        with grpc.insecure_channel(server.address) as channel:
+            check = ext_grpc.AuthorizationStub(channel)
+            for account in ("acme", "nobody"):
+                request = ext.CheckRequest()
+                http = request.attributes.request.http
+                http.method, http.path = "POST", "/reports/q3/export"
+                http.headers.update({
+                    "x-jitauth-account": account,
+                    "x-jitauth-subject": "alice",
+                    "x-jitauth-roles": "analyst", "x-env": "prod"})
+                check.Check(request, timeout=5)
+        figures = scrape(metrics_address)
+        assert server.terminate() == 0
+    finally:
+        server.stop()
+
+    assert figures['jitauth_decisions_total{decision="allow",'
+                   'reason="allowed_by_rule"}'] == 1.0
+    assert figures['jitauth_decisions_total{decision="deny",'
+                   'reason="no_license"}'] == 1.0

@@ -28,7 +28,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from jitauth import telemetry
+from jitauth import metrics, telemetry
 from jitauth.envoy.mapping import JWT_NAMESPACE, HttpRequest, Unmapped
 from jitauth.model import InvalidInput, Reason, Unavailable
 
@@ -148,6 +148,9 @@ class CheckServicer(external_auth_pb2_grpc.AuthorizationServicer):
         self._authorizer = authorizer
         self._traced = traced
         self._headers = mapping.upstream_headers
+        # Check answers are counted with Authorize's decisions; the metrics
+        # interceptor cannot read a decision out of a CheckResponse.
+        self._metrics = metrics.worker_metrics()
 
     def Check(self, request: ext.CheckRequest, context) -> ext.CheckResponse:
         try:
@@ -168,6 +171,9 @@ class CheckServicer(external_auth_pb2_grpc.AuthorizationServicer):
 
         if self._traced:
             telemetry.record_authorize(result, query.account_id, "")
+        if self._metrics is not None:
+            self._metrics.decided("allow" if result.allowed else "deny",
+                                  result.reason.name.lower())
         if not result.allowed:
             return refusal(result.reason.name.lower(), result.message,
                            result.decision_id, result.retry_after_ms)
