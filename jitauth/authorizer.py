@@ -160,10 +160,11 @@ def _stored_answer(store, txn, q: AuthorizeInput, now_ms: int):
     if raw is None:
         return None
     stored = json.loads(raw)
-    record = txn.get(store.grants, bytes.fromhex(stored["grant_id"]))
+    grant_id = bytes.fromhex(stored["grant_id"])
+    record = txn.get(store.grants, grant_id)
     if record is None:
         return None
-    grant = grants.Grant.decode(bytes.fromhex(stored["grant_id"]), record)
+    grant = grants.Grant.decode(grant_id, record)
     if not grant.live_at(now_ms):
         return None
 
@@ -516,7 +517,8 @@ class Authorizer:
             result = p.decision.result
             if p.replayed or p.error:
                 continue
-            result.explanation = p.figures
+            if p.q.explain:
+                result.explanation = p.figures
             if p.refusal is None:
                 result.allowed = True
                 if not p.q.dry_run:
@@ -612,9 +614,8 @@ class Authorizer:
             q.subject_attributes, q.action, q.resource_type, q.resource_id,
             q.resource_attributes, q.context, now_ms,
             tz_offsets(current.policy["timezones"], now_ms))
-        if steps[-1].startswith("decision: "):
-            # The rules' verdict; seats and quotas may still turn it.
-            steps[-1] = "rules: " + steps[-1][len("decision: "):]
+        # The steps end with the rules' verdict; the figures of the seat
+        # and quota taken after it, then the final decision, follow.
         steps.extend(result.explanation)
         verdict = "decision: %s" % result.reason.name.lower()
         if result.retry_after_ms:
@@ -711,5 +712,5 @@ class Authorizer:
         while True:
             batch = grants.purge(self.store, self.clock(), keep_ms)
             removed += batch
-            if batch < 1000:
+            if batch < grants.PURGE_BATCH:
                 return removed

@@ -249,19 +249,11 @@ def _load(args) -> int:
     from jitauth.loader import load
     from jitauth.policy import SourceError
 
-    try:
-        revision = load(args.data, args.policy, args.licenses,
-                        keep=args.keep,
-                        progress=args.progress or sys.stderr.isatty())
-    except (SourceError, OSError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:
-        log.error("load failed", exc_info=exc)
-        return EXIT_FAILURE
-
-    print(revision)
-    return EXIT_OK
+    return cli_data.print_revision(
+        "load", lambda: load(args.data, args.policy, args.licenses,
+                             keep=args.keep,
+                             progress=args.progress or sys.stderr.isatty()),
+        (SourceError, OSError))
 
 
 def _serve(args) -> int:

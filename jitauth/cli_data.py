@@ -95,38 +95,39 @@ def add_commands(commands) -> None:
     test.set_defaults(run=_test)
 
 
-def _apply(args) -> int:
-    from jitauth.policy import SourceError
-    from jitauth.revisions import RevisionError, apply
-
+def print_revision(what: str, change, refused: tuple) -> int:
+    """Run ``change()``, a store change that returns the new revision, and
+    print that revision: exit 0; 2 for the ``refused`` errors (bad input,
+    nothing written); 1 for anything else."""
     try:
-        revision = apply(args.data, args.policy, keep=args.keep)
-    except (SourceError, RevisionError) as exc:
+        revision = change()
+    except refused as exc:
         print("error: %s" % exc, file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        log.error("apply failed", exc_info=exc)
+        log.error("%s failed", what, exc_info=exc)
         return EXIT_FAILURE
 
     print(revision)
     return EXIT_OK
+
+
+def _apply(args) -> int:
+    from jitauth.policy import SourceError
+    from jitauth.revisions import RevisionError, apply
+
+    return print_revision(
+        "apply", lambda: apply(args.data, args.policy, keep=args.keep),
+        (SourceError, RevisionError))
 
 
 def _rollback(args) -> int:
     from jitauth.policy import SourceError
     from jitauth.revisions import RevisionError, rollback
 
-    try:
-        revision = rollback(args.data, args.to, keep=args.keep)
-    except (SourceError, RevisionError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return EXIT_USAGE
-    except Exception as exc:
-        log.error("rollback failed", exc_info=exc)
-        return EXIT_FAILURE
-
-    print(revision)
-    return EXIT_OK
+    return print_revision(
+        "rollback", lambda: rollback(args.data, args.to, keep=args.keep),
+        (SourceError, RevisionError))
 
 
 def _revisions(args) -> int:

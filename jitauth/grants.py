@@ -213,8 +213,8 @@ class Refusal:
 
 def check(store, txn, grant: Grant, limit_max: int,
           quota_max: int) -> Refusal | None:
-    """Whether ``grant`` would fit its limit and quota, changing nothing
-    but expired slots (in a write transaction)."""
+    """Why ``grant`` would not fit its limit or quota, or None if it
+    fits.  Stores nothing; in a write transaction it drops expired slots."""
     now_ms = grant.issued_at_ms
     if grant.limit:
         live = live_seats(store, txn, seat_prefix(grant), now_ms)
@@ -450,7 +450,13 @@ def find(store, txn, grant_id: str) -> Grant:
     return _load(store, txn, parse_grant_id(grant_id))
 
 
-def purge(store, now_ms: int, keep_ms: int, batch: int = 1000) -> int:
+# Grants one purge transaction removes at most (the writer lock is held
+# that long).
+PURGE_BATCH = 1000
+
+
+def purge(store, now_ms: int, keep_ms: int,
+          batch: int = PURGE_BATCH) -> int:
     """Settle and delete grants whose expiry is over ``keep_ms`` ago.
 
     Removes at most ``batch`` grants in one short write transaction and

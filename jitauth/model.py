@@ -109,6 +109,7 @@ class InvalidInput(ValueError):
     def __init__(self, field: str, message: str):
         super().__init__("%s: %s" % (field, message))
         self.field = field
+        self.message = message
 
 
 class GrantNotFound(LookupError):

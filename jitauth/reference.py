@@ -556,7 +556,7 @@ def _moment(ms: int) -> str:
 
 
 def _verdict(reason: int, rule_id: str | None) -> str:
-    text = "decision: %s" % Reason(reason).name.lower()
+    text = "rules: %s" % Reason(reason).name.lower()
     return text + (" (rule %s)" % rule_id if rule_id else "")
 
 

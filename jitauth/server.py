@@ -126,12 +126,7 @@ class AuthorizerServicer:
         return authorizer
 
     def _fail(self, context, exc: Exception, method: str):
-        code = None
-        for cls in type(exc).__mro__:
-            code = STATUS_CODES.get(cls)
-            if code is not None:
-                break
-
+        code = wire.status_for(exc, STATUS_CODES)
         if code is grpc.StatusCode.INVALID_ARGUMENT:
             if self._traced:
                 telemetry.record_invalid(exc.field)

@@ -141,6 +141,16 @@ def complete_response(result: CompleteResult) -> pb.CompleteResponse:
     return resp
 
 
+def status_for(exc: Exception, table: dict):
+    """The status code ``table`` gives ``exc``'s class or its nearest base
+    class, or None: an error table maps domain errors to gRPC codes."""
+    for cls in type(exc).__mro__:
+        code = table.get(cls)
+        if code is not None:
+            return code
+    return None
+
+
 def parse(cls, data: bytes):
     """Parse raw request bytes into ``cls``, naming a bad field."""
     return _parse(cls, data)
@@ -177,7 +187,7 @@ def parse_batch(data: bytes) -> list:
             where = "requests[%d]" % index
             field = where if exc.field == "request" else "%s.%s" % (
                 where, exc.field)
-            items.append(InvalidInput(field, str(exc).split(": ", 1)[1]))
+            items.append(InvalidInput(field, exc.message))
     return items
 
 

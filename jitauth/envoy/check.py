@@ -28,7 +28,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2, status_pb2
 
-from jitauth import metrics, telemetry
+from jitauth import metrics, telemetry, wire
 from jitauth.envoy.mapping import JWT_NAMESPACE, HttpRequest, Unmapped
 from jitauth.model import InvalidInput, Reason, Unavailable
 
@@ -201,12 +201,7 @@ class CheckServicer(external_auth_pb2_grpc.AuthorizationServicer):
             dynamic_metadata=_metadata(facts))
 
     def _fail(self, context, exc: Exception):
-        code = None
-        for cls in type(exc).__mro__:
-            code = GRPC_CODES.get(cls)
-            if code is not None:
-                break
-
+        code = wire.status_for(exc, GRPC_CODES)
         if code is grpc.StatusCode.UNAVAILABLE:
             log.debug("Check: unavailable: %s", exc)
             context.abort(code, "data unavailable; no decision was made")
